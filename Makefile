@@ -1,0 +1,54 @@
+# ProQual developer entry points. Every target installs what it needs first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# Torch build: the default takes the CPU wheel. With a GPU, set TORCH_INDEX_URL to the PyTorch
+# wheel index of your CUDA version (and TORCH_VERSION if you need another release).
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX_URL ?=
+STAMP := $(VENV)/.proqual-installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+STUDIES ?= sample-data/picai
+PYTEST_ARGS ?=
+
+.PHONY: install system-deps test lint format serve orthanc sample-data bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip<27"
+	$(PIP) install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	$(PIP) install -q --no-deps monailabel==0.8.5
+	$(PIP) install -q -r requirements.txt -c constraints.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+# Debian packages the tests and `make orthanc` need (Orthanc with its DICOMweb plugin).
+system-deps:
+	@if ! command -v Orthanc >/dev/null 2>&1 || [ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
+	  echo "installing Orthanc (Debian packages orthanc, orthanc-dicomweb)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null; \
+	fi
+
+test: install system-deps
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check lib tests monailabel_app slicer_extension bench
+	$(VENV)/bin/ruff format --check lib tests monailabel_app slicer_extension bench
+
+format: install
+	$(VENV)/bin/ruff check --fix lib tests monailabel_app slicer_extension bench
+	$(VENV)/bin/ruff format lib tests monailabel_app slicer_extension bench
+
+# Regenerate sample-data/ byte for byte (see README).
+sample-data: install
+	rm -rf sample-data/picai sample-data/dicom
+	$(VENV)/bin/proqual phantom --out sample-data/picai --n 8 --seed 2026 --preset sample --dicom-one sample-data/dicom
+
+clean:
+	rm -rf $(VENV) build *.egg-info lib/*.egg-info .pytest_cache .ruff_cache

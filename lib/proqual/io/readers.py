@@ -156,10 +156,42 @@ def read_volume(path: str | Path | Seq[str | Path], *, dtype=np.float32) -> Volu
     if p.stat().st_size == 0:
         raise InputError(p, "file is empty (0 bytes)")
 
+    suffix = image_suffix(p)
+    if suffix in (".nii", ".nii.gz"):
+        _check_nifti_complete(p, compressed=suffix == ".nii.gz")
+
     def run():
         return sitk.ReadImage(str(p))
 
     return _finish(run, str(p), dtype)
+
+
+def _check_nifti_complete(path: Path, *, compressed: bool) -> None:
+    """SimpleITK zero-fills a truncated NIfTI without a word; check the data size against the header."""
+    import gzip
+    import zlib
+
+    import nibabel as nib
+
+    try:
+        header = nib.load(str(path)).header
+        expected = (
+            int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * int(header["bitpix"]) // 8
+        )
+    except Exception as exc:  # nibabel raises several types for junk headers
+        raise InputError(path, f"unreadable, corrupt or truncated image (bad NIfTI header: {exc})") from exc
+    if not compressed:
+        actual = path.stat().st_size
+    else:
+        actual = 0
+        try:
+            with gzip.open(path, "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    actual += len(chunk)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise InputError(path, f"unreadable, corrupt or truncated image (gzip stream: {exc})") from exc
+    if actual < expected:
+        raise InputError(path, f"unreadable, corrupt or truncated image ({actual} of {expected} bytes)")
 
 
 def _finish(execute, where: str, dtype) -> Volume:
@@ -170,7 +202,9 @@ def _finish(execute, where: str, dtype) -> Volume:
         detail = next((m for m in reversed(msg) if m.strip()), "unknown reason")
         raise InputError(where, f"unreadable, corrupt or truncated image ({detail.strip()[:200]})") from exc
     if img.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(where, f"image has {img.GetNumberOfComponentsPerPixel()} components per voxel, expected 1")
+        raise InputError(
+            where, f"image has {img.GetNumberOfComponentsPerPixel()} components per voxel, expected 1"
+        )
     dim = img.GetDimension()
     if dim == 4:
         size = img.GetSize()
@@ -189,7 +223,11 @@ def write_volume(volume: Volume, path: str | Path, *, dtype=None, compress: bool
     p = Path(path)
     if image_suffix(p) is None:
         raise InputError(p, f"unsupported image suffix; use one of {', '.join(IMAGE_SUFFIXES)}")
-    vol = volume if dtype is None else Volume(volume.array.astype(dtype), volume.spacing, volume.origin, volume.direction)
+    vol = (
+        volume
+        if dtype is None
+        else Volume(volume.array.astype(dtype), volume.spacing, volume.origin, volume.direction)
+    )
     p.parent.mkdir(parents=True, exist_ok=True)
     suffix = image_suffix(p)
     if suffix in (".mhd", ".nhdr"):

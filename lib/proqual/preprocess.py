@@ -24,7 +24,7 @@ from monai.transforms import (
     ResampleToMatchd,
 )
 
-from proqual.errors import InputError
+from proqual.errors import InputError, ProQualError
 from proqual.io.readers import Volume, read_volume
 from proqual.study import PROFOUND_CHANNELS, Sequence, Study
 
@@ -166,12 +166,29 @@ class ToDHWd(MapTransform):
         return d
 
 
+class Pipeline(Compose):
+    """A MONAI ``Compose`` that lets ProQual's own errors through: MONAI wraps any exception raised
+    inside a transform in ``RuntimeError("applying transform ...")``, which would hide the message that
+    names the bad file."""
+
+    def __call__(self, data, *args, **kwargs):
+        try:
+            return super().__call__(data, *args, **kwargs)
+        except RuntimeError as exc:
+            cause = exc
+            while cause is not None and not isinstance(cause, ProQualError):
+                cause = cause.__cause__
+            if cause is None:
+                raise
+            raise cause from None
+
+
 def profound_transforms(
     *,
     roi: Seq[int] = PROFOUND_ROI,
     spacing: Seq[float] = PROFOUND_SPACING,
     load: bool = True,
-) -> Compose:
+) -> Pipeline:
     """The ProFound preprocessing pipeline. Input dict: ``t2w``, ``hbv``, ``adc`` (paths or Volumes) and
     optionally ``centre_ras`` (gland centre, RAS mm). Output adds ``image``: (3, D, H, W) float32."""
     d, h, w = (int(v) for v in roi)
@@ -186,7 +203,7 @@ def profound_transforms(
         NormalizeIntensityd("image", nonzero=True, channel_wise=True),
         ToDHWd("image"),
     ]
-    return Compose(steps)
+    return Pipeline(steps)
 
 
 def gland_centre_ras(study: Study) -> np.ndarray | None:

@@ -240,13 +240,13 @@ def test_compose(vol):
 @pytest.mark.parametrize("family", ALL, ids=lambda f: f.value)
 def test_input_unchanged_dtype_and_non_negative(family, vol):
     img, seq = image_for(family, vol)
-    img64 = img.astype(np.float64)
-    before = img64.copy()
-    out, _ = A.degrade(img64, SPACING, family, severity=0.9, seed=2, sequence=seq)
-    assert np.array_equal(img64, before)
-    assert out.dtype == np.float32 and out.shape == img.shape
-    assert out.min() >= 0 and np.isfinite(out).all()
-    assert out.flags.c_contiguous
+    for src in (img.copy(), img.astype(np.float64), img[:, :, :1].copy()):
+        before = src.copy()
+        out, _ = A.degrade(src, SPACING, family, severity=0.9, seed=2, sequence=seq)
+        assert np.array_equal(src, before)
+        assert out.dtype == np.float32 and out.shape == src.shape
+        assert out.min() >= 0 and np.isfinite(out).all()
+        assert out.flags.c_contiguous
 
 
 def test_bad_inputs(vol):

@@ -12,6 +12,10 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 STUDIES ?= sample-data/picai
 PYTEST_ARGS ?=
+# extra app settings for `make serve`, e.g. CONF="--conf models quality --conf device cpu"
+CONF ?=
+ORTHANC_HTTP_PORT ?= 8042
+ORTHANC_DICOM_PORT ?= 4242
 
 .PHONY: install system-deps test lint format serve orthanc sample-data bench clean
 
@@ -44,6 +48,18 @@ lint: install
 format: install
 	$(VENV)/bin/ruff check --fix lib tests monailabel_app slicer_extension bench
 	$(VENV)/bin/ruff format lib tests monailabel_app slicer_extension bench
+
+# The MONAI Label server with the ProQual app on $(STUDIES) (a folder or a DICOMweb URL such as
+# http://127.0.0.1:8042/dicom-web), at http://$(HOST):$(PORT). Models without weights are reported
+# as unavailable; the server starts anyway.
+serve: install
+	PATH="$(abspath $(VENV))/bin:$$PATH" monailabel start_server --app monailabel_app --studies $(STUDIES) --host $(HOST) --port $(PORT) $(CONF)
+
+# A local DICOMweb server (Orthanc, config in orthanc/) on 127.0.0.1:$(ORTHANC_HTTP_PORT), DICOM port
+# $(ORTHANC_DICOM_PORT), storage under .orthanc/, in the foreground (Ctrl-C stops it).
+orthanc: system-deps
+	$(PYTHON) orthanc/make_config.py --out .orthanc/orthanc.json --http-port $(ORTHANC_HTTP_PORT) --dicom-port $(ORTHANC_DICOM_PORT)
+	Orthanc .orthanc/orthanc.json
 
 # Regenerate sample-data/ byte for byte (see README).
 sample-data: install

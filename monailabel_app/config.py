@@ -1,0 +1,149 @@
+"""Typed configuration of the ProQual MONAI Label app.
+
+MONAI Label hands the app its ``--conf key value`` pairs as a dict of strings. :func:`parse_conf`
+turns them into a :class:`ProQualConfig`, checked at start: an unknown key or a bad value stops the
+server with a message that names the key, the value and what is allowed.
+
+=====================  ===========================  ===============================================
+key                    default                      meaning
+=====================  ===========================  ===============================================
+models                 quality,pirads,isup          comma list of the models to serve
+device                 auto                         cpu, cuda or auto (cuda when available)
+quality_checkpoint     model/quality.pt             weights of the quality model
+pirads_checkpoint      model/pirads.pt              weights of the PI-RADS classifier
+isup_checkpoint        model/isup.pt                weights of the ISUP classifier
+profound_checkpoint    (none)                       official ProFound checkpoint (finetuning start)
+hq_threshold           0.5                          quality score at or above which a study is HQ
+target_hq_fraction     0.5                          wanted HQ fraction of the finetune set
+pirads_scheme          ge4                          ge4 | ge3 | 4class | 5class
+cache_size             4                            studies kept preprocessed in memory
+store                  <studies>/labels             folder of labels, annotations and image info
+=====================  ===========================  ===============================================
+
+Relative checkpoint paths are taken from the current directory; the defaults live in the repository's
+``model/`` folder (next to ``monailabel_app/``). Values given on the command line are strings and are
+converted here (``"0.7"`` -> 0.7, ``"quality,isup"`` -> ["quality", "isup"]).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from proqual.errors import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ValidationError as PydanticValidationError
+
+#: the models the app knows, in serving order
+MODEL_NAMES: tuple[str, ...] = ("quality", "pirads", "isup")
+#: PI-RADS label schemes (issue 4 §3): binary >= 4 (default), binary >= 3, {<=2, 3, 4, 5}, 1..5
+PIRADS_SCHEMES: tuple[str, ...] = ("ge4", "ge3", "4class", "5class")
+#: the repository's model folder (default checkpoints)
+MODEL_DIR = Path(__file__).resolve().parent.parent / "model"
+
+
+class ProQualConfig(BaseModel):
+    """The app's settings; build it with :func:`parse_conf` from MONAI Label's ``conf`` dict."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models: tuple[Literal["quality", "pirads", "isup"], ...] = MODEL_NAMES
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    quality_checkpoint: Path = MODEL_DIR / "quality.pt"
+    pirads_checkpoint: Path = MODEL_DIR / "pirads.pt"
+    isup_checkpoint: Path = MODEL_DIR / "isup.pt"
+    profound_checkpoint: Path | None = None
+    hq_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    target_hq_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    pirads_scheme: Literal["ge4", "ge3", "4class", "5class"] = "ge4"
+    cache_size: int = Field(4, ge=0, le=1024)
+    store: Path | None = None
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [p.strip().lower() for p in v.split(",") if p.strip()]
+        if isinstance(v, (list, tuple)):
+            if not v:
+                raise ValueError(f"name at least one model ({', '.join(MODEL_NAMES)})")
+            if len(set(v)) != len(v):
+                raise ValueError(f"a model is named twice in {','.join(map(str, v))}")
+        return v
+
+    @field_validator("device", "pirads_scheme", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("profound_checkpoint", "store", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator(
+        "quality_checkpoint", "pirads_checkpoint", "isup_checkpoint", "profound_checkpoint", "store"
+    )
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        return None if v is None else Path(v).expanduser().resolve()
+
+    @field_validator("profound_checkpoint")
+    @classmethod
+    def _exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"file {v} not found")
+        return v
+
+    def checkpoint(self, model: str) -> Path:
+        """The checkpoint path configured for ``model``."""
+        return getattr(self, f"{model}_checkpoint")
+
+    def resolved_device(self) -> str:
+        """``cpu`` or ``cuda`` (``auto`` -> ``cuda`` when torch sees a GPU)."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+#: conf keys MONAI Label itself puts into the conf dict (not ours to validate)
+RESERVED_KEYS: frozenset[str] = frozenset({"server_mode"})
+
+
+def valid_keys() -> list[str]:
+    return list(ProQualConfig.model_fields)
+
+
+def parse_conf(conf: dict[str, Any] | None) -> ProQualConfig:
+    """Validate MONAI Label's ``conf`` (``--conf k v`` pairs, all strings) into a :class:`ProQualConfig`.
+
+    Raises :class:`proqual.errors.ValidationError` whose ``field`` is the offending key and whose
+    message says what was given and what is allowed.
+    """
+    conf = {str(k): v for k, v in (conf or {}).items() if str(k) not in RESERVED_KEYS}
+    unknown = sorted(k for k in conf if k not in ProQualConfig.model_fields)
+    if unknown:
+        raise ValidationError(
+            unknown[0],
+            f"unknown --conf key {', '.join(map(repr, unknown))}; valid keys: {', '.join(valid_keys())}",
+        )
+    try:
+        return ProQualConfig(**conf)
+    except PydanticValidationError as exc:
+        err = exc.errors()[0]
+        key = str(err["loc"][0]) if err.get("loc") else "conf"
+        given = conf.get(key)
+        raise ValidationError(
+            key, f"--conf {key} {given!r}: {_explain(key, err.get('msg', 'invalid value'))}"
+        ) from None
+
+
+def _explain(key: str, msg: str) -> str:
+    msg = msg.removeprefix("Value error, ")
+    if key == "models":
+        return f"{msg} (allowed: comma list of {', '.join(MODEL_NAMES)})"
+    if key == "pirads_scheme":
+        return f"{msg} (allowed: {', '.join(PIRADS_SCHEMES)})"
+    return msg

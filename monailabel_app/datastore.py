@@ -627,4 +627,10 @@ class LocalStudyDatastore(StudyDatastore):
         from proqual.io.layouts import load_studies
 
         paths = [p for p in self._paths if p.resolve() != self._store]
-        return load_studies(paths, marksheet=self._marksheet)
+        for p in paths:
+            if p.is_dir() and not any(f.is_file() for f in p.rglob("*") if self._store not in f.parents):
+                raise InputError(p, "no studies found: the folder is empty (is --studies the right path?)")
+        studies = load_studies(paths, marksheet=self._marksheet)
+        if not studies:
+            raise InputError(paths[0], "no studies found")
+        return studies

@@ -62,10 +62,10 @@ def _dataset(meta: dict):
 
 
 def _value(ds, keyword: str, default=None):
-    el = ds.get(keyword)
-    if el is None or el.value in (None, ""):
+    value = ds.get(keyword, None)  # by keyword pydicom returns the value itself
+    if value is None or value == "":
         return default
-    return el.value
+    return value
 
 
 def identify(datasets: list) -> tuple[Sequence | None, str]:

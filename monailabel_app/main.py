@@ -27,6 +27,7 @@ if _ROOT not in sys.path:
 
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from monailabel.interfaces.datastore import Datastore  # noqa: E402
+from proqual.errors import ProQualError  # noqa: E402
 
 from monailabel_app import registry  # noqa: E402
 from monailabel_app.config import ProQualConfig, parse_conf  # noqa: E402
@@ -41,7 +42,11 @@ class ProQualApp(MONAILabelApp):
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
         # MONAILabelApp.__init__ calls the init_* hooks, so everything they use is set first.
-        self.config: ProQualConfig = parse_conf(conf)
+        try:
+            self.config: ProQualConfig = parse_conf(conf)
+        except ProQualError as exc:
+            log.error("ProQual cannot start: invalid --conf: %s", exc)
+            raise
         self.device: str = self.config.resolved_device()
         self.model_specs: dict[str, ModelSpec] = registry.model_specs(self.config)
         for spec in self.model_specs.values():
@@ -49,6 +54,13 @@ class ProQualApp(MONAILabelApp):
                 log.info("model %s: checkpoint %s", spec.name, spec.checkpoint)
             else:
                 log.warning("model %s is unavailable: %s", spec.name, spec.reason)
+        try:
+            self._init_base(app_dir, studies, conf)
+        except ProQualError as exc:
+            log.error("ProQual cannot start: %s", exc)
+            raise
+
+    def _init_base(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         super().__init__(
             app_dir=app_dir,
             studies=studies,

@@ -33,6 +33,8 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # the tests import the app package (monailabel_app/) from the repository
+    sys.path.append(str(REPO))
 APP_DIR = REPO / "monailabel_app"
 ORTHANC_CONFIG_SCRIPT = REPO / "orthanc" / "make_config.py"
 ORTHANC_BINARY = os.environ.get("ORTHANC_BINARY", "Orthanc")
@@ -236,3 +238,143 @@ def upload_dicom(orthanc: RunningServer, files) -> list[str]:
         body = r.json()
         ids.append(body["ID"])
     return ids
+
+
+# ------------------------------------------------------------------------------------------------ data
+def write_picai_studies(root: str | os.PathLike, *, n: int = 3, drop_last: str | None = "hbv") -> Path:
+    """A small PI-CAI folder under ``root``: the phantom's (``proqual.phantom.write_picai``, preset
+    "test") when it exists, else tiny random volumes. ``drop_last`` removes that sequence of the last
+    study so one study is incomplete."""
+    import numpy as np
+    from proqual.io import Volume, write_volume
+
+    root = Path(root)
+    try:
+        from proqual.phantom import write_picai
+    except ImportError:
+        write_picai = None
+    if write_picai is not None:
+        write_picai(root, n=n, seed=0, preset="test")
+    else:
+        rng = np.random.default_rng(0)
+        for i in range(n):
+            patient, study = f"{10000 + i}", f"{1000000 + i}"
+            for seq, spacing in (
+                ("t2w", (0.5, 0.5, 3.0)),
+                ("adc", (2.0, 2.0, 3.0)),
+                ("hbv", (2.0, 2.0, 3.0)),
+            ):
+                shape = (24, 24, 6) if seq == "t2w" else (8, 8, 6)
+                vol = Volume(rng.random(shape, dtype=np.float32) + 1.0, spacing, (0.0, 0.0, 0.0))
+                write_volume(vol, root / "images" / patient / f"{patient}_{study}_{seq}.mha")
+    if drop_last:
+        t2w = sorted((root / "images").rglob("*_t2w.*"))[-1]
+        for f in t2w.parent.glob(t2w.name.replace("_t2w.", f"_{drop_last}.")):
+            f.unlink()
+    return root
+
+
+def write_mr_series(
+    folder: str | os.PathLike,
+    *,
+    study_uid: str,
+    series_uid: str,
+    patient_id: str,
+    description: str,
+    series_number: int,
+    image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "M", "ND"),
+    b_value: float | None = None,
+    n: int = 4,
+    size: int = 16,
+    spacing: float = 0.5,
+    thickness: float = 3.0,
+) -> list[Path]:
+    """Write one small MR series (MR Image Storage, one file per slice) with pydicom; returns its files."""
+    import numpy as np
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(series_number)
+    frame_uid = generate_uid(entropy_srcs=[study_uid])
+    files = []
+    for k in range(n):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path = folder / f"{series_number:03d}_{k:03d}.dcm"
+        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.SOPClassUID = MRImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.FrameOfReferenceUID = frame_uid
+        ds.PatientID, ds.PatientName = patient_id, f"Phantom^{patient_id}"
+        ds.StudyDate, ds.StudyTime = "20260101", "120000"
+        ds.Modality, ds.Manufacturer, ds.MagneticFieldStrength = "MR", "SIEMENS", 3
+        ds.SeriesDescription, ds.ProtocolName = description, description
+        ds.SeriesNumber, ds.InstanceNumber = series_number, k + 1
+        ds.ImageType = list(image_type)
+        ds.Rows = ds.Columns = size
+        ds.PixelSpacing = [spacing, spacing]
+        ds.SliceThickness = thickness
+        ds.ImagePositionPatient = [0.0, 0.0, k * thickness]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        if b_value is not None:
+            ds.DiffusionBValue = float(b_value)
+        ds.PixelData = (rng.random((size, size)) * 1000).astype(np.uint16).tobytes()
+        ds.save_as(str(path), write_like_original=False)
+        files.append(path)
+    return files
+
+
+def write_dicom_studies(root: str | os.PathLike, *, n: int = 2) -> list[Path]:
+    """DICOM files of ``n`` bi-parametric MR studies: the phantom's (``write_picai(..., dicom=True)``)
+    when it exists, else Siemens-like T2W, ADC, calculated b1400 and a localizer written here.
+    Returns every DICOM file."""
+    from pydicom.uid import generate_uid
+
+    root = Path(root)
+    try:
+        from proqual.phantom import write_picai
+    except ImportError:
+        write_picai = None
+    if write_picai is not None:
+        write_picai(root, n=n, seed=0, preset="test", dicom=True)
+        return sorted(p for p in root.rglob("*") if p.is_file() and _is_dicom(p))
+    files: list[Path] = []
+    for i in range(n):
+        study = generate_uid()
+        series = [
+            ("t2_tse_tra", 2, ("ORIGINAL", "PRIMARY", "M", "ND"), None, 16),
+            ("ep2d_diff_tra_ADC", 5, ("DERIVED", "PRIMARY", "DIFFUSION", "ADC"), None, 8),
+            ("ep2d_diff_tra_CALC_BVAL", 6, ("DERIVED", "PRIMARY", "DIFFUSION", "CALC_BVALUE"), 1400, 8),
+            ("localizer", 1, ("ORIGINAL", "PRIMARY", "M", "ND"), None, 8),
+        ]
+        for desc, number, itype, b, size in series:
+            files += write_mr_series(
+                root / f"study{i}" / desc,
+                study_uid=study,
+                series_uid=generate_uid(),
+                patient_id=f"P{i:03d}",
+                description=desc,
+                series_number=number,
+                image_type=itype,
+                b_value=b,
+                size=size,
+                spacing=0.5 if size == 16 else 1.0,
+            )
+    return files
+
+
+def _is_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False

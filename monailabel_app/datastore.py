@@ -25,6 +25,7 @@ import copy
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -64,6 +65,7 @@ ANCHOR_ORDER: tuple[Sequence, ...] = (
 )
 #: the sequences the models need (ProFound's channels); a study lacking one lists it under ``missing``
 REQUIRED_SEQUENCES: tuple[Sequence, ...] = PROFOUND_CHANNELS
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
 _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 
 
@@ -343,7 +345,8 @@ class StudyDatastore(Datastore):
         return self._store / FINAL / f"{anchor}.json"
 
     def _tag_dir(self, tag: str) -> Path:
-        check_anchor(tag)  # same character rules: the tag is a folder name
+        if tag in ("annotations", "cache") or not _TAG.match(tag or ""):
+            raise ValidationError("tag", f"{tag!r} is not a valid label tag (letters, digits, _ and -)")
         return self._store / tag
 
     def _label_file(self, anchor: str, tag: str) -> Path | None:

@@ -1,6 +1,6 @@
 """The finetune-set summary behind ``GET /proqual/finetune-set``.
 
-Every labeled study (one with at least one annotation) is counted once, with the values its current
+Every labeled study (its anchor has a ``final`` label) is counted once, with the values its current
 annotators agree on; a field the annotators disagree on counts under ``"conflict"``. Its quality
 stratum is
 
@@ -65,11 +65,8 @@ def finetune_set_summary(datastore, config) -> dict[str, Any]:
     by_stratum: dict[str, Counter] = {}
     conflicts = []
     studies = []
-    for anchor in datastore.annotations.anchors():
-        try:
-            entry = datastore.entry(anchor)
-        except Exception:  # annotated study no longer in the source
-            continue
+    for anchor in datastore.get_labeled_images():
+        entry = datastore.entry(anchor)
         summary = datastore.annotations.summary(anchor)
         agreed = summary.agreed
         p = "conflict" if "pirads" in summary.disagreements else _key(agreed.get("pirads"))

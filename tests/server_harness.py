@@ -249,10 +249,7 @@ def write_picai_studies(root: str | os.PathLike, *, n: int = 3, drop_last: str |
     from proqual.io import Volume, write_volume
 
     root = Path(root)
-    try:
-        from proqual.phantom import write_picai
-    except ImportError:
-        write_picai = None
+    write_picai = _phantom_writer(dicom=False)
     if write_picai is not None:
         write_picai(root, n=n, seed=0, preset="test")
     else:
@@ -339,10 +336,7 @@ def write_dicom_studies(root: str | os.PathLike, *, n: int = 2) -> list[Path]:
     from pydicom.uid import generate_uid
 
     root = Path(root)
-    try:
-        from proqual.phantom import write_picai
-    except ImportError:
-        write_picai = None
+    write_picai = _phantom_writer(dicom=True)
     if write_picai is not None:
         write_picai(root, n=n, seed=0, preset="test", dicom=True)
         return sorted(p for p in root.rglob("*") if p.is_file() and _is_dicom(p))
@@ -369,6 +363,27 @@ def write_dicom_studies(root: str | os.PathLike, *, n: int = 2) -> list[Path]:
                 spacing=0.5 if size == 16 else 1.0,
             )
     return files
+
+
+def _phantom_writer(*, dicom: bool):
+    """``proqual.phantom.write_picai`` when it and what it needs are there (its marksheet is read with
+    ``proqual.labels``; its DICOM is written by ``proqual.io.dicom.write_series``), else None."""
+    import importlib
+
+    def have(module: str, name: str | None = None) -> bool:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            return False
+        return name is None or hasattr(mod, name)
+
+    if not (have("proqual.phantom", "write_picai") and have("proqual.labels")):
+        return None
+    if dicom and not have("proqual.io.dicom", "write_series"):
+        return None
+    from proqual.phantom import write_picai
+
+    return write_picai
 
 
 def _is_dicom(path: Path) -> bool:

@@ -15,7 +15,7 @@ isup_checkpoint        model/isup.pt                weights of the ISUP classifi
 profound_checkpoint    (none)                       official ProFound checkpoint (finetuning start)
 hq_threshold           0.5                          quality score at or above which a study is HQ
 target_hq_fraction     0.5                          wanted HQ fraction of the finetune set
-pirads_scheme          ge4                          ge4 | ge3 | 4class | 5class
+pirads_scheme          pirads_ge4                   pirads_ge4 | pirads_ge3 | pirads_4class | pirads_5class
 cache_size             4                            studies kept preprocessed in memory
 store                  <studies>/labels             folder of labels, annotations and image info
 =====================  ===========================  ===============================================
@@ -31,13 +31,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from proqual.errors import ValidationError
+from proqual.labels import DEFAULT_SCHEMES, SCHEMES
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
 #: the models the app knows, in serving order
 MODEL_NAMES: tuple[str, ...] = ("quality", "pirads", "isup")
-#: PI-RADS label schemes (issue 4 §3): binary >= 4 (default), binary >= 3, {<=2, 3, 4, 5}, 1..5
-PIRADS_SCHEMES: tuple[str, ...] = ("ge4", "ge3", "4class", "5class")
+#: PI-RADS label schemes of :mod:`proqual.labels`: binary >= 4 (default), binary >= 3, {<=2, 3, 4, 5}, 1..5
+PIRADS_SCHEMES: tuple[str, ...] = tuple(n for n, s in SCHEMES.items() if s.task == "pirads")
 #: the repository's model folder (default checkpoints)
 MODEL_DIR = Path(__file__).resolve().parent.parent / "model"
 
@@ -55,7 +56,7 @@ class ProQualConfig(BaseModel):
     profound_checkpoint: Path | None = None
     hq_threshold: float = Field(0.5, ge=0.0, le=1.0)
     target_hq_fraction: float = Field(0.5, ge=0.0, le=1.0)
-    pirads_scheme: Literal["ge4", "ge3", "4class", "5class"] = "ge4"
+    pirads_scheme: str = DEFAULT_SCHEMES["pirads"]
     cache_size: int = Field(4, ge=0, le=1024)
     store: Path | None = None
 
@@ -75,6 +76,14 @@ class ProQualConfig(BaseModel):
     @classmethod
     def _lower(cls, v: Any) -> Any:
         return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("pirads_scheme")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        name = v if v.startswith("pirads_") else f"pirads_{v}"  # "ge4" is short for "pirads_ge4"
+        if name not in PIRADS_SCHEMES:
+            raise ValueError(f"unknown PI-RADS scheme {v!r}")
+        return name
 
     @field_validator("profound_checkpoint", "store", mode="before")
     @classmethod

@@ -206,7 +206,7 @@ def test_kill9_mid_submit_keeps_history_and_the_store_usable(tmp_path):
     marker = tmp_path / "marker"
     code = f"""
 from proqual.annotations import AnnotationStore
-AnnotationStore({str(root)!r}).submit({ANCHOR!r}, {{"pirads": 5, "isup": 3, "annotator": "dr_b", "comment": "z" * 100000}})
+AnnotationStore({str(root)!r}).submit({ANCHOR!r}, {{"pirads": 5, "isup": 3, "annotator": "dr_b", "comment": "killed mid-write"}})
 """
     proc = _run_until_marker(code, marker)  # the child holds the store lock while it pauses
     _kill9(proc)

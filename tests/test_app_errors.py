@@ -25,7 +25,7 @@ from monailabel_app.server import error_response
         ({"device": "tpu"}, "device", ["tpu", "cpu", "cuda", "auto"]),
         ({"hq_threshold": "1.5"}, "hq_threshold", ["1.5", "less than or equal to 1"]),
         ({"target_hq_fraction": "half"}, "target_hq_fraction", ["half", "number"]),
-        ({"pirads_scheme": "binary"}, "pirads_scheme", ["binary", "ge4"]),
+        ({"pirads_scheme": "binary"}, "pirads_scheme", ["binary", "pirads_ge4", "pirads_5class"]),
         ({"cache_size": "-2"}, "cache_size", ["-2"]),
         ({"profound_checkpoint": "/no/such/profound.pt"}, "profound_checkpoint", ["/no/such/profound.pt"]),
     ],

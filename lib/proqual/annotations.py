@@ -242,6 +242,8 @@ class AnnotationStore:
         must agree. Invalid data raises :class:`~proqual.errors.ValidationError` and stores nothing.
         """
         check_anchor(anchor)
+        if isinstance(annotation, dict) and annotator and not annotation.get("annotator"):
+            annotation = {**annotation, "annotator": annotator}  # the schema requires an annotator
         data = self.validate(annotation)
         who = data.get("annotator")
         if annotator and who and str(annotator) != str(who):

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from server_harness import monailabel_server, write_picai_studies
+from server_harness import monailabel_server
 
 pytest.importorskip("proqual.labels", reason="proqual.labels (annotation schema) not landed yet")
 
@@ -28,8 +28,9 @@ def annotation(annotator: str, pirads: int = 4, isup=2, study_q: int = 3, **extr
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    studies = write_picai_studies(tmp_path_factory.mktemp("picai"), n=3, drop_last=None)
+def env(phantom_picai_dir, tmp_path_factory):
+    """The shared phantom folder (tests/conftest.py), read-only here: the store is elsewhere."""
+    studies = phantom_picai_dir
     store = tmp_path_factory.mktemp("store")
     with monailabel_server(studies, conf={"store": str(store), "target_hq_fraction": "0.6"}) as srv:
         rows = srv.get("/proqual/studies").json()

@@ -1,0 +1,1 @@
+"""Networks, one file per architecture (quality net, ProFound-Conv, ProFound-ViT, classifier head)."""

@@ -1,0 +1,148 @@
+"""QualityNet: a prompt-conditioned, salient-slice image-quality model for one MR sequence.
+
+Input: a stack of S axial slices (B, S, 1, H, W) (see :mod:`proqual.quality.inputs`), a prompt
+(sequence kind and anatomy) and a mask of the real slices (B, S).
+
+1. A small 2D CNN encodes every slice; mean and standard-deviation pooling keep both content and
+   high-frequency (noise, ringing) statistics. The prompt modulates the slice features (FiLM), so the
+   same weights learn what "good" looks like for T2W, ADC, HBV, or an unknown sequence (``OTHER``).
+2. A light inter-slice context (two residual 1D convolutions along the slice axis) lets each slice see
+   its neighbours (through-plane blur, motion that varies across slices).
+3. Salient-slice assessment: per slice a quality in [0, 1] and a saliency logit; a masked softmax over
+   slices gives the saliency weights, and the sequence score is the saliency-weighted mean of the slice
+   qualities. Trained with a gland-presence target, the saliency learns that gland-bearing slices are the
+   diagnostically relevant ones.
+4. Heads: the sequence score in [0, 1], PI-QUAL v2 class logits (3: inadequate, acceptable, optimal) and
+   the artifact parameter regression (``n_params`` outputs in [0, 1]).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from proqual.study import Sequence
+
+#: prompt index of each sequence kind; anything unknown maps to OTHER
+SEQUENCE_PROMPTS: dict[Sequence, int] = {
+    Sequence.T2W: 0,
+    Sequence.ADC: 1,
+    Sequence.HBV: 2,
+    Sequence.DWI: 3,
+    Sequence.DCE: 4,
+    Sequence.OTHER: 5,
+}
+ANATOMY_PROMPTS: dict[str, int] = {"prostate": 0, "other": 1}
+
+
+@dataclass
+class QualityNetConfig:
+    n_params: int = 20
+    widths: tuple[int, ...] = (16, 32, 64, 96)
+    prompt_dim: int = 16
+    n_piqual: int = 3
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> QualityNetConfig:
+        d = dict(d)
+        d["widths"] = tuple(d.get("widths", cls.widths))
+        return cls(**d)
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+        nn.GroupNorm(min(8, cout // 4), cout),
+        nn.GELU(),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.GroupNorm(min(8, cout // 4), cout),
+        nn.GELU(),
+    )
+
+
+class QualityNet(nn.Module):
+    def __init__(self, config: QualityNetConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or QualityNetConfig()
+        w = cfg.widths
+        self.stages = nn.ModuleList([_block(1 if i == 0 else w[i - 1], w[i]) for i in range(len(w))])
+        feat = 2 * w[-1] + 2 * w[0]  # mean+std of the last stage and of the first (fine texture)
+        self.embed_dim = e = w[-1] * 2
+        self.sequence_embedding = nn.Embedding(len(SEQUENCE_PROMPTS), cfg.prompt_dim)
+        self.anatomy_embedding = nn.Embedding(len(ANATOMY_PROMPTS), cfg.prompt_dim)
+        self.project = nn.Sequential(nn.Linear(feat, e), nn.GELU())
+        self.film = nn.Linear(cfg.prompt_dim, 2 * e)
+        self.context = nn.ModuleList([nn.Conv1d(e, e, 3, padding=1) for _ in range(2)])
+        self.slice_quality = nn.Linear(e, 1)
+        self.slice_saliency = nn.Linear(e, 1)
+        self.piqual_head = nn.Sequential(
+            nn.Linear(e + cfg.prompt_dim, e), nn.GELU(), nn.Linear(e, cfg.n_piqual)
+        )
+        self.params_head = nn.Sequential(
+            nn.Linear(e + cfg.prompt_dim, e), nn.GELU(), nn.Linear(e, cfg.n_params)
+        )
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+
+    @staticmethod
+    def _pool(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean((2, 3)), x.flatten(2).std(2)], 1)
+
+    def encode_slices(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) -> (N, F) pooled slice features."""
+        first = None
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i == 0:
+                first = self._pool(x)
+        return torch.cat([self._pool(x), first], 1)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        sequence: torch.Tensor | None = None,
+        anatomy: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        if x.dim() != 5:
+            raise ValueError(f"expected (B, S, 1, H, W), got {tuple(x.shape)}")
+        b, s = x.shape[:2]
+        dev = x.device
+        sequence = (
+            torch.full((b,), SEQUENCE_PROMPTS[Sequence.OTHER], device=dev) if sequence is None else sequence
+        )
+        anatomy = torch.zeros(b, dtype=torch.long, device=dev) if anatomy is None else anatomy
+        mask = torch.ones((b, s), dtype=torch.bool, device=dev) if mask is None else mask.bool()
+        prompt = self.sequence_embedding(sequence) + self.anatomy_embedding(anatomy)  # (B, P)
+
+        h = self.project(self.encode_slices(x.reshape(b * s, *x.shape[2:]))).reshape(b, s, -1)
+        gamma, beta = self.film(prompt).chunk(2, dim=-1)
+        h = h * (1 + gamma[:, None]) + beta[:, None]
+        m = mask[:, :, None].to(h.dtype)
+        h = h * m
+        t = h.transpose(1, 2)
+        for conv in self.context:
+            t = t + torch.nn.functional.gelu(conv(t)) * m.transpose(1, 2)
+        h = t.transpose(1, 2)
+
+        slice_q = torch.sigmoid(self.slice_quality(h).squeeze(-1))
+        logits = self.slice_saliency(h).squeeze(-1).masked_fill(~mask, float("-inf"))
+        saliency = torch.softmax(logits, dim=1)
+        score = (saliency * slice_q).sum(1)
+        pooled = torch.cat([(saliency[:, :, None] * h).sum(1), prompt], 1)
+        return {
+            "score": score,
+            "piqual_logits": self.piqual_head(pooled),
+            "params": torch.sigmoid(self.params_head(pooled)),
+            "slice_quality": slice_q * mask,
+            "saliency": saliency,
+            "embedding": pooled[:, : self.embed_dim],
+        }

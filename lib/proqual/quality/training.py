@@ -1,0 +1,338 @@
+"""Training of the quality model: upstream on simulated degradations, downstream on expert ratings.
+
+Upstream (MedIQA-style pretraining): clean volumes (phantoms by default, or any clean volumes a user
+points at) are degraded by :mod:`proqual.artifacts` with known parameters. Targets per sample:
+
+- ``params``: the artifact parameter vector (:func:`proqual.artifacts.param_vector`), regression;
+- ``score``: ``1 - severity`` (combined severity of the degradations; 1 = clean);
+- ``piqual``: the PI-QUAL v2 class the severity maps to (:func:`piqual_from_severity`);
+- ``saliency``: gland area per slice (normalised) where a gland mask is known: the salient-slice head
+  learns that gland-bearing slices matter.
+
+Downstream: expert PI-QUAL v2 ratings per sequence (1..3), the same loop with the classification loss
+and a score target derived from the rating (:data:`RATING_SCORE`); this is the function the MONAI Label
+quality trainer calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from collections.abc import Sequence as Seq
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from proqual import artifacts as A
+from proqual.errors import ValidationError
+from proqual.io.readers import Volume
+from proqual.quality.inputs import PIXEL_MM, SLICE_SIZE, batch_stacks, slice_stack
+from proqual.study import Sequence
+
+log = logging.getLogger(__name__)
+
+#: severity limits of the PI-QUAL v2 classes used for simulated data: severity <= 0.2 -> 3 (optimal),
+#: <= 0.55 -> 2 (acceptable), else 1 (inadequate)
+PIQUAL_SEVERITY_LIMITS: tuple[float, float] = (0.2, 0.55)
+#: score target of an expert rating during downstream finetuning (centre of each class's score band)
+RATING_SCORE: dict[int, float] = {1: 0.22, 2: 0.62, 3: 0.9}
+
+
+def piqual_from_severity(severity: float) -> int:
+    """PI-QUAL v2 class (1..3) of a simulated degradation of the given severity."""
+    lo, hi = PIQUAL_SEVERITY_LIMITS
+    return 3 if severity <= lo else (2 if severity <= hi else 1)
+
+
+@dataclass
+class QualitySample:
+    """One training example: a slice stack and its targets."""
+
+    slices: torch.Tensor  # (S, 1, H, W) float16 to save memory
+    sequence: Sequence
+    score: float
+    piqual: int
+    params: np.ndarray
+    saliency: np.ndarray  # (S,), sums to 1
+    family: str = "clean"
+    severity: float = 0.0
+    #: 1.0 when the parameter targets are known (simulated), 0.0 for expert-rated real images
+    has_params: float = 1.0
+
+
+def saliency_target(gland: np.ndarray | None, source_index: np.ndarray) -> np.ndarray:
+    """Per-slice target weights: gland area of each slice (source z index), normalised; uniform when
+    no gland is known or visible."""
+    n = len(source_index)
+    if gland is None:
+        return np.full(n, 1.0 / n, np.float32)
+    area = gland.reshape(-1, gland.shape[-1]).sum(0).astype(np.float64)  # per source z
+    w = np.array([area[i] if 0 <= i < len(area) else 0.0 for i in source_index])
+    if w.sum() <= 0:
+        return np.full(n, 1.0 / n, np.float32)
+    return (w / w.sum()).astype(np.float32)
+
+
+def simulate_samples(
+    volume: Volume,
+    sequence: Sequence,
+    *,
+    rng: np.random.Generator,
+    n: int,
+    gland: np.ndarray | None = None,
+    clean_fraction: float = 0.12,
+    pair_fraction: float = 0.15,
+    slice_size: int = SLICE_SIZE,
+    pixel_mm: float = PIXEL_MM,
+) -> list[QualitySample]:
+    """``n`` degraded versions of one clean volume with their targets (see module doc). ``gland`` is a
+    mask on the volume's grid (for the saliency target)."""
+    fams = A.families_for(sequence.value)
+    target = "ADC" if sequence is Sequence.ADC else "HBV"
+    out = []
+    for _ in range(n):
+        r = rng.random()
+        seed = int(rng.integers(0, 2**31 - 1))
+        if r < clean_fraction:
+            img, params, name = volume.array, [], "clean"
+        else:
+            k = 2 if r > 1 - pair_fraction else 1
+            chosen = list(rng.choice(len(fams), size=k, replace=False))
+            picked = [fams[i] for i in chosen]
+            img, params = A.compose(
+                volume.array,
+                volume.spacing,
+                picked,
+                seed=seed,
+                pe_axis=int(rng.integers(0, 2)),
+                sequence=target,
+            )
+            name = "+".join(f.value for f in picked)
+        sev = A.combined_severity(params)
+        stack = slice_stack(
+            Volume(img, volume.spacing, volume.origin, volume.direction), size=slice_size, pixel_mm=pixel_mm
+        )
+        out.append(
+            QualitySample(
+                slices=stack.slices.half(),
+                sequence=sequence,
+                score=1.0 - sev,
+                piqual=piqual_from_severity(sev),
+                params=A.param_vector(params) if params else np.zeros(len(A.PARAM_NAMES), np.float32),
+                saliency=saliency_target(gland, stack.source_index),
+                family=name,
+                severity=sev,
+            )
+        )
+    return out
+
+
+def phantom_samples(
+    *,
+    n_studies: int,
+    per_volume: int,
+    seed: int,
+    preset: str = "sample",
+    start: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    **kwargs,
+) -> list[QualitySample]:
+    """Upstream samples from phantom studies ``start .. start + n_studies - 1`` (all three sequences)."""
+    from proqual.phantom import make_study
+
+    rng = np.random.default_rng(seed)
+    out: list[QualitySample] = []
+    for i in range(n_studies):
+        study = make_study(start + i, seed=seed, preset=preset)
+        gland_t2 = study.masks["gland"].array > 0
+        for seq, vol in study.volumes.items():
+            gland = gland_t2 if seq is Sequence.T2W else _mask_on_grid(study.masks["gland"], vol)
+            out += simulate_samples(vol, seq, rng=rng, n=per_volume, gland=gland, **kwargs)
+        if progress:
+            progress(i + 1, n_studies)
+    return out
+
+
+def _mask_on_grid(mask: Volume, target: Volume) -> np.ndarray:
+    """Nearest-neighbour resampling of a mask onto another volume's grid."""
+    import SimpleITK as sitk
+
+    res = sitk.Resample(mask.to_sitk(), target.to_sitk(), sitk.Transform(), sitk.sitkNearestNeighbor, 0.0)
+    return Volume.from_sitk(res).array > 0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 8
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    device: str = "cpu"
+    #: loss weights
+    w_score: float = 4.0
+    w_piqual: float = 0.5
+    w_params: float = 2.0
+    w_saliency: float = 0.3
+    extra: dict = field(default_factory=dict)
+
+
+def _batches(samples: list[QualitySample], batch_size: int, rng: np.random.Generator | None):
+    order = np.arange(len(samples)) if rng is None else rng.permutation(len(samples))
+    for i in range(0, len(order), batch_size):
+        yield [samples[j] for j in order[i : i + batch_size]]
+
+
+def _collate(batch: list[QualitySample], device: str):
+    from proqual.nets.quality_net import SEQUENCE_PROMPTS
+
+    x, mask = batch_stacks([b.slices.float() for b in batch])
+    s_max = x.shape[1]
+    sal = torch.zeros((len(batch), s_max))
+    for i, b in enumerate(batch):
+        sal[i, : len(b.saliency)] = torch.from_numpy(b.saliency)
+    return {
+        "x": x.to(device),
+        "mask": mask.to(device),
+        "sequence": torch.tensor([SEQUENCE_PROMPTS[b.sequence] for b in batch], device=device),
+        "score": torch.tensor([b.score for b in batch], dtype=torch.float32, device=device),
+        "piqual": torch.tensor([b.piqual - 1 for b in batch], device=device),
+        "params": torch.from_numpy(np.stack([b.params for b in batch])).to(device),
+        "has_params": torch.tensor([b.has_params for b in batch], device=device),
+        "saliency": sal.to(device),
+    }
+
+
+def forward(model, batch: dict) -> dict:
+    return model(batch["x"], sequence=batch["sequence"], mask=batch["mask"])
+
+
+def losses(out: dict, batch: dict, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    l_score = F.smooth_l1_loss(out["score"], batch["score"], beta=0.1)
+    l_piqual = F.cross_entropy(out["piqual_logits"], batch["piqual"])
+    per = F.smooth_l1_loss(out["params"], batch["params"], beta=0.1, reduction="none").mean(1)
+    l_params = (per * batch["has_params"]).sum() / batch["has_params"].sum().clamp(min=1)
+    sal = out["saliency"].clamp(min=1e-8)
+    l_sal = -(batch["saliency"] * sal.log()).sum(1).mean()
+    total = cfg.w_score * l_score + cfg.w_piqual * l_piqual + cfg.w_params * l_params + cfg.w_saliency * l_sal
+    return {"total": total, "score": l_score, "piqual": l_piqual, "params": l_params, "saliency": l_sal}
+
+
+def train(
+    model,
+    train_samples: list[QualitySample],
+    *,
+    cfg: TrainConfig,
+    val_samples: list[QualitySample] | None = None,
+    progress: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train ``model`` in place; returns the history. Keeps the weights of the best validation SRCC."""
+    if not train_samples:
+        raise ValidationError("train_samples", "no training samples")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model.to(cfg.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * math.ceil(len(train_samples) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.15)
+    history: list[dict] = []
+    best, best_state = -math.inf, None
+    for epoch in range(cfg.epochs):
+        model.train()
+        t0, totals, n = time.perf_counter(), {}, 0
+        for chunk in _batches(train_samples, cfg.batch_size, rng):
+            batch = _collate(chunk, cfg.device)
+            parts = losses(forward(model, batch), batch, cfg)
+            opt.zero_grad(set_to_none=True)
+            parts["total"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            for k, v in parts.items():
+                totals[k] = totals.get(k, 0.0) + v.item() * len(chunk)
+            n += len(chunk)
+        row = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - t0, 1)}
+        row.update({f"loss_{k}": v / n for k, v in totals.items()})
+        if val_samples:
+            row.update(evaluate(model, val_samples, device=cfg.device))
+            if row["srcc"] > best:
+                best = row["srcc"]
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        history.append(row)
+        if progress:
+            progress(row)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return {"history": history, "best_val_srcc": None if best_state is None else best, "config": asdict(cfg)}
+
+
+@torch.no_grad()
+def predict(
+    model, samples: Seq[QualitySample], *, device: str = "cpu", batch_size: int = 16
+) -> dict[str, np.ndarray]:
+    model.eval()
+    scores, classes = [], []
+    for i in range(0, len(samples), batch_size):
+        batch = _collate(list(samples[i : i + batch_size]), device)
+        out = forward(model, batch)
+        scores.append(out["score"].float().cpu().numpy())
+        classes.append(out["piqual_logits"].argmax(1).cpu().numpy() + 1)
+    return {"score": np.concatenate(scores), "piqual": np.concatenate(classes)}
+
+
+def evaluate(model, samples: Seq[QualitySample], *, device: str = "cpu") -> dict[str, float]:
+    """SRCC / PLCC / KRCC / RMSE of the predicted severity (1 - score) against the true severity, and
+    PI-QUAL class accuracy."""
+    from proqual.metrics import krcc, plcc, rmse, srcc
+
+    pred = predict(model, samples, device=device)
+    sev_true = np.array([s.severity for s in samples])
+    sev_pred = 1.0 - pred["score"]
+    return {
+        "srcc": float(srcc(sev_true, sev_pred)),
+        "plcc": float(plcc(sev_true, sev_pred)),
+        "krcc": float(krcc(sev_true, sev_pred)),
+        "rmse": float(rmse(sev_true, sev_pred)),
+        "piqual_accuracy": float(np.mean(pred["piqual"] == np.array([s.piqual for s in samples]))),
+    }
+
+
+def rated_samples(
+    items: Iterable[tuple[Volume, Sequence, int]], *, slice_size: int = SLICE_SIZE, pixel_mm: float = PIXEL_MM
+) -> list[QualitySample]:
+    """Downstream samples from expert-rated volumes: (volume, sequence, PI-QUAL v2 rating 1..3)."""
+    out = []
+    for vol, seq, rating in items:
+        if rating not in RATING_SCORE:
+            raise ValidationError("piqual", f"rating must be 1..3, got {rating}")
+        stack = slice_stack(vol, size=slice_size, pixel_mm=pixel_mm)
+        score = RATING_SCORE[rating]
+        out.append(
+            QualitySample(
+                slices=stack.slices.half(),
+                sequence=seq,
+                score=score,
+                piqual=rating,
+                params=np.zeros(len(A.PARAM_NAMES), np.float32),
+                saliency=saliency_target(None, stack.source_index),
+                family="rated",
+                severity=1.0 - score,
+                has_params=0.0,
+            )
+        )
+    return out
+
+
+def save_quality_checkpoint(model, path: str | Path, *, meta: dict) -> Path:
+    """``{"model": state_dict, "config": net config, "meta": {...}}`` written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"model": model.state_dict(), "config": model.config.to_dict(), "meta": meta}, tmp)
+    tmp.replace(path)
+    return path

@@ -13,7 +13,7 @@ quality_checkpoint     model/quality.pt             weights of the quality model
 pirads_checkpoint      model/pirads.pt              weights of the PI-RADS classifier
 isup_checkpoint        model/isup.pt                weights of the ISUP classifier
 profound_checkpoint    (none)                       official ProFound checkpoint (finetuning start)
-hq_threshold           0.5                          quality score at or above which a study is HQ
+hq_threshold           0.8                          quality score at or above which a study is HQ
 target_hq_fraction     0.5                          wanted HQ fraction of the finetune set
 pirads_scheme          pirads_ge4                   pirads_ge4 | pirads_ge3 | pirads_4class | pirads_5class
 cache_size             4                            studies kept preprocessed in memory
@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from proqual.errors import ValidationError
 from proqual.labels import DEFAULT_SCHEMES, SCHEMES
+from proqual.stratify import DEFAULT_HQ_THRESHOLD
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
@@ -54,7 +55,7 @@ class ProQualConfig(BaseModel):
     pirads_checkpoint: Path = MODEL_DIR / "pirads.pt"
     isup_checkpoint: Path = MODEL_DIR / "isup.pt"
     profound_checkpoint: Path | None = None
-    hq_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    hq_threshold: float = Field(DEFAULT_HQ_THRESHOLD, ge=0.0, le=1.0)
     target_hq_fraction: float = Field(0.5, ge=0.0, le=1.0)
     pirads_scheme: str = DEFAULT_SCHEMES["pirads"]
     cache_size: int = Field(4, ge=0, le=1024)

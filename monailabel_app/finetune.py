@@ -2,17 +2,10 @@
 
 Every labeled study (its anchor has a ``final`` label) is counted once, with the values its current
 annotators agree on; a field the annotators disagree on counts under ``"conflict"``. Its quality
-stratum is
-
-- from expert PI-QUAL v2 when the annotations give a study score: HQ when it is 3 (optimal), LQ when
-  1 or 2;
-- else from the quality score the scoring method stored in the anchor's image info
-  (``quality_score``, in [0, 1]): HQ when >= ``hq_threshold``;
-- else ``unknown``.
-
-The HQ fraction is HQ / (HQ + LQ) and is reported beside ``target_hq_fraction``.
-When :mod:`proqual.stratify` provides ``stratum_of(annotation, quality_score, threshold)`` that rule is
-used instead of the one above.
+stratum comes from :func:`proqual.stratify.assign_stratum`: the expert study PI-QUAL v2 of the
+annotations when they agree on one (HQ when 3), else the quality score the scoring method stored in
+the anchor's image info (``quality_score`` in [0, 1], HQ when >= ``hq_threshold``), else ``unknown``.
+The HQ fraction is HQ / (HQ + LQ), reported beside ``target_hq_fraction``.
 """
 
 from __future__ import annotations
@@ -20,27 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-
-def _stratum_rule():
-    try:
-        from proqual import stratify
-    except ImportError:
-        return None
-    return getattr(stratify, "stratum_of", None)
-
-
-def stratum(agreed: dict[str, Any], quality_score: float | None, hq_threshold: float) -> str:
-    """ "HQ", "LQ" or "unknown" (see the module docstring)."""
-    rule = _stratum_rule()
-    if rule is not None:
-        return str(rule(agreed, quality_score, hq_threshold))
-    piqual = agreed.get("piqual")
-    study = piqual.get("study") if isinstance(piqual, dict) else None
-    if study is not None:
-        return "HQ" if int(study) >= 3 else "LQ"
-    if quality_score is not None:
-        return "HQ" if float(quality_score) >= hq_threshold else "LQ"
-    return "unknown"
+from proqual.stratify import assign_stratum
 
 
 def _quality_score(info: dict[str, Any]) -> float | None:
@@ -51,6 +24,11 @@ def _quality_score(info: dict[str, Any]) -> float | None:
         return None if value is None else float(value)
     except (TypeError, ValueError):
         return None
+
+
+def _study_piqual(annotation: dict[str, Any]) -> int | None:
+    piqual = annotation.get("piqual")
+    return piqual.get("study") if isinstance(piqual, dict) else None
 
 
 def _key(value: Any) -> str:
@@ -72,15 +50,28 @@ def finetune_set_summary(datastore, config) -> dict[str, Any]:
         p = "conflict" if "pirads" in summary.disagreements else _key(agreed.get("pirads"))
         i = "conflict" if "isup" in summary.disagreements else _key(agreed.get("isup"))
         score = _quality_score(datastore.get_image_info(anchor))
-        s = "unknown" if "piqual" in summary.disagreements and score is None else None
-        s = s or stratum(agreed, score, config.hq_threshold)
+        study_q = {_study_piqual(rev.annotation) for rev in summary.current.values()}
+        expert = next(iter(study_q)) if len(study_q) == 1 else None  # annotators disagree: not expert
+        s, source = assign_stratum(
+            expert_piqual=expert, quality_score=score, hq_threshold=config.hq_threshold
+        )
         pirads[p] += 1
         isup[i] += 1
         strata[s] += 1
         by_stratum.setdefault(s, Counter())[f"pirads={p}"] += 1
         if summary.conflict:
             conflicts.append(anchor)
-        studies.append({"anchor": anchor, "study_id": entry.study_id, "pirads": p, "isup": i, "stratum": s})
+        studies.append(
+            {
+                "anchor": anchor,
+                "study_id": entry.study_id,
+                "pirads": p,
+                "isup": i,
+                "stratum": s,
+                "stratum_source": source,
+                "quality_score": score,
+            }
+        )
     known = strata["HQ"] + strata["LQ"]
     fraction = strata["HQ"] / known if known else None
     return {

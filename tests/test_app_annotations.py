@@ -168,6 +168,10 @@ def test_finetune_set_summary(env):
     assert sum(s["pirads"].values()) == s["labeled"]
     assert sum(s["strata"].values()) == s["labeled"]
     assert s["target_hq_fraction"] == 0.6
+    # every annotation here rates the study PI-QUAL v2 = 3 (optimal): HQ by the expert rule
+    assert s["strata"]["HQ"] == s["labeled"] > 0
+    assert {row["stratum_source"] for row in s["studies"]} == {"expert"}
+    assert s["hq_fraction"] == 1.0
     known = s["strata"]["HQ"] + s["strata"]["LQ"]
     if known:
         assert s["hq_fraction"] == pytest.approx(s["strata"]["HQ"] / known)
@@ -179,3 +183,20 @@ def test_unknown_image_is_404(env):
     r = submit(srv, "no_such_study_t2w", annotation("dr_a"))
     assert r.status_code == 404 and "no_such_study_t2w" in r.json()["detail"], srv.explain(r)
     assert srv.get("/proqual/annotations/no_such_study_t2w").status_code == 404
+
+
+def test_stratum_from_the_quality_score_without_expert_piqual(env):
+    srv, _, rows = env
+    anchor = rows[3]["anchor"]
+    data = annotation("dr_q", pirads=2, isup=0)
+    data["piqual"] = {}
+    assert submit(srv, anchor, data).status_code == 200
+    for score, stratum in ((0.95, "HQ"), (0.2, "LQ")):
+        r = srv.put(
+            "/datastore/image/info",
+            params={"image": anchor},
+            data={"info": json.dumps({"quality_score": score})},
+        )
+        assert r.status_code == 200, srv.explain(r)
+        row = next(s for s in srv.get("/proqual/finetune-set").json()["studies"] if s["anchor"] == anchor)
+        assert (row["stratum"], row["stratum_source"], row["quality_score"]) == (stratum, "model", score)

@@ -3,8 +3,8 @@
 Input: a stack of S axial slices (B, S, 1, H, W) (see :mod:`proqual.quality.inputs`), a prompt
 (sequence kind and anatomy) and a mask of the real slices (B, S).
 
-1. A small 2D CNN encodes every slice; mean and standard-deviation pooling keep both content and
-   high-frequency (noise, ringing) statistics. The prompt modulates the slice features (FiLM), so the
+1. A small 2D CNN (strided convolutions, batch norm, ReLU) encodes every slice; mean and
+   standard-deviation pooling keep both content and texture (noise, ringing) statistics. The prompt modulates the slice features (FiLM), so the
    same weights learn what "good" looks like for T2W, ADC, HBV, or an unknown sequence (``OTHER``).
 2. A light inter-slice context (two residual 1D convolutions along the slice axis) lets each slice see
    its neighbours (through-plane blur, motion that varies across slices).
@@ -40,7 +40,7 @@ ANATOMY_PROMPTS: dict[str, int] = {"prostate": 0, "other": 1}
 @dataclass
 class QualityNetConfig:
     n_params: int = 20
-    widths: tuple[int, ...] = (16, 32, 64, 96)
+    widths: tuple[int, ...] = (16, 32, 64, 96, 128)
     prompt_dim: int = 16
     n_piqual: int = 3
 
@@ -58,12 +58,7 @@ class QualityNetConfig:
 
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
-        nn.GroupNorm(min(8, cout // 4), cout),
-        nn.GELU(),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-        nn.GroupNorm(min(8, cout // 4), cout),
-        nn.GELU(),
+        nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
     )
 
 
@@ -73,13 +68,12 @@ class QualityNet(nn.Module):
         self.config = cfg = config or QualityNetConfig()
         w = cfg.widths
         self.stages = nn.ModuleList([_block(1 if i == 0 else w[i - 1], w[i]) for i in range(len(w))])
-        feat = 2 * w[-1] + 2 * w[0]  # mean+std of the last stage and of the first (fine texture)
-        self.embed_dim = e = w[-1] * 2
+        self.embed_dim = e = w[-1] * 2  # mean and std pooling of the last stage
         self.sequence_embedding = nn.Embedding(len(SEQUENCE_PROMPTS), cfg.prompt_dim)
         self.anatomy_embedding = nn.Embedding(len(ANATOMY_PROMPTS), cfg.prompt_dim)
-        self.project = nn.Sequential(nn.Linear(feat, e), nn.GELU())
         self.film = nn.Linear(cfg.prompt_dim, 2 * e)
         self.context = nn.ModuleList([nn.Conv1d(e, e, 3, padding=1) for _ in range(2)])
+        self.norm = nn.LayerNorm(e)
         self.slice_quality = nn.Linear(e, 1)
         self.slice_saliency = nn.Linear(e, 1)
         self.piqual_head = nn.Sequential(
@@ -90,19 +84,20 @@ class QualityNet(nn.Module):
         )
         nn.init.zeros_(self.film.weight)
         nn.init.zeros_(self.film.bias)
+        for conv in self.context:  # residual branches start as identity
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
 
     @staticmethod
     def _pool(x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x.mean((2, 3)), x.flatten(2).std(2)], 1)
+        flat = x.flatten(2)
+        return torch.cat([flat.mean(2), (flat.var(2, unbiased=False) + 1e-6).sqrt()], 1)
 
     def encode_slices(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, H, W) -> (N, F) pooled slice features."""
-        first = None
-        for i, stage in enumerate(self.stages):
+        for stage in self.stages:
             x = stage(x)
-            if i == 0:
-                first = self._pool(x)
-        return torch.cat([self._pool(x), first], 1)
+        return self._pool(x)
 
     def forward(
         self,
@@ -123,14 +118,14 @@ class QualityNet(nn.Module):
         mask = torch.ones((b, s), dtype=torch.bool, device=dev) if mask is None else mask.bool()
         prompt = self.sequence_embedding(sequence) + self.anatomy_embedding(anatomy)  # (B, P)
 
-        h = self.project(self.encode_slices(x.reshape(b * s, *x.shape[2:]))).reshape(b, s, -1)
+        h = self.norm(self.encode_slices(x.reshape(b * s, *x.shape[2:])).reshape(b, s, -1))
         gamma, beta = self.film(prompt).chunk(2, dim=-1)
         h = h * (1 + gamma[:, None]) + beta[:, None]
         m = mask[:, :, None].to(h.dtype)
         h = h * m
         t = h.transpose(1, 2)
         for conv in self.context:
-            t = t + torch.nn.functional.gelu(conv(t)) * m.transpose(1, 2)
+            t = t + torch.relu(conv(t)) * m.transpose(1, 2)
         h = t.transpose(1, 2)
 
         slice_q = torch.sigmoid(self.slice_quality(h).squeeze(-1))

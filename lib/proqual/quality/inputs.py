@@ -1,7 +1,8 @@
 """Quality-model input: a volume as a stack of axial slices at a fixed physical in-plane resolution.
 
-Every slice is resampled to ``size`` x ``size`` pixels of ``pixel_mm`` mm around the field-of-view centre
-(so the same anatomy has the same pixel size whatever the acquisition matrix), and the stack is scaled by
+Every slice is kept at (about) its native in-plane resolution, so that noise, ringing and blur stay visible,
+and cropped or zero-padded to ``size`` x ``size`` pixels around the field-of-view centre (for a PI-CAI T2W
+at 0.5 mm this is the central 64 mm around the gland; a 1.5-2 mm ADC fits whole). The stack is scaled by
 a robust intensity (the 99th percentile of the foreground). The mapping back to the source volume's
 voxel indices and patient coordinates is kept so that a salient slice can be reported in both.
 """
@@ -18,9 +19,10 @@ import torch.nn.functional as F
 from proqual.errors import InputError
 from proqual.io.readers import Volume
 
-#: default in-plane size of the slices fed to the quality model, and their pixel size in mm
+#: in-plane size of the slices fed to the quality model; pixel size limits in mm (native spacing is kept
+#: inside these limits)
 SLICE_SIZE = 128
-PIXEL_MM = 1.25
+PIXEL_MM_RANGE = (0.4, 3.0)
 
 
 @dataclass
@@ -49,13 +51,16 @@ def _to_lps_axes(volume: Volume) -> tuple[sitk.Image, np.ndarray]:
     return oriented, src
 
 
-def slice_stack(volume: Volume, *, size: int = SLICE_SIZE, pixel_mm: float = PIXEL_MM) -> SliceStack:
-    """Axial slice stack of ``volume`` for the quality model (see module doc)."""
+def slice_stack(volume: Volume, *, size: int = SLICE_SIZE, pixel_mm: float | None = None) -> SliceStack:
+    """Axial slice stack of ``volume`` for the quality model (see module doc). ``pixel_mm`` overrides the
+    native in-plane pixel size."""
     if min(volume.shape) < 1:
         raise InputError(volume.source, f"image is empty (size {volume.shape})")
     oriented, src = _to_lps_axes(volume)
     arr = sitk.GetArrayFromImage(oriented).astype(np.float32)  # (z, y, x)
     spacing = oriented.GetSpacing()
+    if pixel_mm is None:
+        pixel_mm = float(np.clip(min(spacing[0], spacing[1]), *PIXEL_MM_RANGE))
     fg = arr[arr > 0]
     if fg.size == 0:
         raise InputError(volume.source, "image has no positive voxels")
@@ -64,9 +69,10 @@ def slice_stack(volume: Volume, *, size: int = SLICE_SIZE, pixel_mm: float = PIX
     # resample in-plane to pixel_mm around the centre: first to the target pixel size, then crop/pad
     ny = max(1, int(round(arr.shape[1] * spacing[1] / pixel_mm)))
     nx = max(1, int(round(arr.shape[2] * spacing[0] / pixel_mm)))
-    mode = "area" if ny <= arr.shape[1] and nx <= arr.shape[2] else "bilinear"
-    kwargs = {} if mode == "area" else {"align_corners": False}
-    t = F.interpolate(t, size=(ny, nx), mode=mode, **kwargs)
+    if (ny, nx) != arr.shape[1:]:
+        mode = "area" if ny <= arr.shape[1] and nx <= arr.shape[2] else "bilinear"
+        kwargs = {} if mode == "area" else {"align_corners": False}
+        t = F.interpolate(t, size=(ny, nx), mode=mode, **kwargs)
     t = _centre_crop_pad(t, size)
     cx, cy = (oriented.GetSize()[0] - 1) / 2.0, (oriented.GetSize()[1] - 1) / 2.0
     positions = np.array(

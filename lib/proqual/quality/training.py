@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from proqual import artifacts as A
 from proqual.errors import ValidationError
 from proqual.io.readers import Volume
-from proqual.quality.inputs import PIXEL_MM, SLICE_SIZE, batch_stacks, slice_stack
+from proqual.quality.inputs import SLICE_SIZE, batch_stacks, slice_stack
 from proqual.study import Sequence
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def simulate_samples(
     clean_fraction: float = 0.12,
     pair_fraction: float = 0.15,
     slice_size: int = SLICE_SIZE,
-    pixel_mm: float = PIXEL_MM,
+    pixel_mm: float | None = None,
 ) -> list[QualitySample]:
     """``n`` degraded versions of one clean volume with their targets (see module doc). ``gland`` is a
     mask on the volume's grid (for the saliency target)."""
@@ -303,7 +303,10 @@ def evaluate(model, samples: Seq[QualitySample], *, device: str = "cpu") -> dict
 
 
 def rated_samples(
-    items: Iterable[tuple[Volume, Sequence, int]], *, slice_size: int = SLICE_SIZE, pixel_mm: float = PIXEL_MM
+    items: Iterable[tuple[Volume, Sequence, int]],
+    *,
+    slice_size: int = SLICE_SIZE,
+    pixel_mm: float | None = None,
 ) -> list[QualitySample]:
     """Downstream samples from expert-rated volumes: (volume, sequence, PI-QUAL v2 rating 1..3)."""
     out = []

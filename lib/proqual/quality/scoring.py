@@ -4,7 +4,6 @@ used by the CLI, the MONAI Label app and (serialised) the Slicer extension."""
 from __future__ import annotations
 
 import time
-from datetime import UTC
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from proqual import artifacts as A
+from proqual.checkpoints import checkpoint_version
 from proqual.errors import CheckpointError, InputError
 from proqual.io.readers import Volume, read_volume
 from proqual.quality.classical import classical_measures
@@ -54,25 +54,6 @@ class StudyQuality(BaseModel):
     study_rule: str = STUDY_RULE
     model: dict = Field(default_factory=dict)
     seconds: float = 0.0
-
-
-def checkpoint_version(path: str | Path) -> dict:
-    """Identity of a checkpoint file: sha256 prefix, modification time and size."""
-    import hashlib
-    from datetime import datetime
-
-    p = Path(path)
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    stat = p.stat()
-    return {
-        "path": str(p),
-        "sha256": h.hexdigest()[:12],
-        "mtime": datetime.fromtimestamp(stat.st_mtime, UTC).isoformat(timespec="seconds"),
-        "bytes": stat.st_size,
-    }
 
 
 def load_quality_model(path: str | Path, *, device: str = "cpu"):

@@ -333,9 +333,6 @@ def rated_samples(
 
 def save_quality_checkpoint(model, path: str | Path, *, meta: dict) -> Path:
     """``{"model": state_dict, "config": net config, "meta": {...}}`` written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"model": model.state_dict(), "config": model.config.to_dict(), "meta": meta}, tmp)
-    tmp.replace(path)
-    return path
+    from proqual.checkpoints import save_checkpoint
+
+    return save_checkpoint(model, path, meta=meta, config=model.config.to_dict())

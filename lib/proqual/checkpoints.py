@@ -153,6 +153,10 @@ def load_checkpoint(model: torch.nn.Module, src, *, strict: bool = True) -> Load
         _check_and_load(target, dense, source)
         not_in = [f"head.{k}" for k in model.head.state_dict()] if has_encoder else []
         return LoadReport(layout, len(dense), dropped, not_in, source)
+    if has_encoder and not any(k.startswith(("encoder.", "head.")) for k in sd):
+        # an encoder-only checkpoint (e.g. our FCMAE-pretrained encoder) initialises the classifier's encoder
+        _check_and_load(model.encoder, sd, source)
+        return LoadReport("encoder", len(sd), [], [f"head.{k}" for k in model.head.state_dict()], source)
     if not has_encoder and any(k.startswith("encoder.") for k in sd):
         sd = {k[len("encoder.") :]: v for k, v in sd.items() if k.startswith("encoder.")}
     allow = () if strict else tuple(model.state_dict())

@@ -1,0 +1,189 @@
+"""``proqual finetune``: one finetuning run of a PI-RADS or ISUP classifier (reproduces model/pirads.pt and
+model/isup.pt on phantoms; the MONAI Label trainers call the same function)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+NAME = "finetune"
+HELP = "finetune a ProFound-Conv PI-RADS / ISUP classifier on phantoms or a labeled PI-CAI folder"
+DESCRIPTION = (
+    "Train one classifier and save it with its config, data composition (per class and quality stratum) and "
+    "validation metrics. Data: --phantoms N (phantom cohort; --lq-fraction of them degraded by the artifact "
+    "simulator) or PATH (a PI-CAI/flat folder with labels). Initialisation: --init CHECKPOINT (an official "
+    "ProFound FCMAE or classifier checkpoint, or ours), --pretrain (FCMAE-style pretraining on the training "
+    "images first), or neither (from scratch)."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "paths", nargs="*", metavar="PATH", help="labeled PI-CAI or flat folders (or use --phantoms)"
+    )
+    parser.add_argument("--phantoms", type=int, help="train on N phantom studies instead of PATH")
+    parser.add_argument(
+        "--lq-fraction", type=float, default=0.5, help="phantoms degraded as LQ (default 0.5)"
+    )
+    parser.add_argument(
+        "--val", type=int, default=32, help="held-out phantom studies for validation (default 32)"
+    )
+    parser.add_argument(
+        "--scheme",
+        default="pirads_ge4",
+        help="pirads_ge4 (default), pirads_ge3, pirads_4class, pirads_5class, cspca, isup_gg",
+    )
+    parser.add_argument(
+        "--preset", default="small-cpu", help="backbone preset: small-cpu (default) or tiny (ProFound)"
+    )
+    parser.add_argument(
+        "--inputs", default=None, help="input config: small or profound (default: small for small-cpu)"
+    )
+    parser.add_argument("--mode", default="full", choices=["full", "linear", "scratch"])
+    parser.add_argument(
+        "--init", type=Path, help="initial weights (FCMAE, ProFound classifier or ProQual checkpoint)"
+    )
+    parser.add_argument(
+        "--pretrain", action="store_true", help="FCMAE-style pretraining on the training images first"
+    )
+    parser.add_argument("--pretrain-epochs", type=int, default=8)
+    parser.add_argument(
+        "--hq-fraction", type=float, help="HQ fraction kept in every epoch (default: the data's own)"
+    )
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint path, e.g. model/pirads.pt")
+    parser.add_argument(
+        "--cache", type=Path, default=Path("runs/cache"), help="preprocessed-input cache folder"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from proqual.checkpoints import load_checkpoint, save_checkpoint
+    from proqual.classify.data import INPUTS, phantom_examples, study_tensor
+    from proqual.classify.finetune import Example, FinetuneConfig, finetune
+    from proqual.classify.infer import build_classifier, classifier_config
+    from proqual.errors import ValidationError
+    from proqual.labels import get_scheme
+    from proqual.stratify import FinetuneSet, PoolItem
+
+    t0 = time.time()
+    scheme = get_scheme(args.scheme)
+    inputs = INPUTS[args.inputs or ("small" if args.preset == "small-cpu" else "profound")]
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    if args.phantoms:
+        rng_lq = {i for i in range(args.phantoms) if (i * 7919) % 100 < args.lq_fraction * 100}
+        train = phantom_examples(
+            list(range(args.phantoms)),
+            seed=args.seed + 1000,
+            lq=rng_lq,
+            scheme=scheme,
+            inputs=inputs,
+            cache_dir=args.cache,
+            progress=lambda i, n: (
+                log(f"preparing training phantoms {i}/{n}") if i % 16 == 0 or i == n else None
+            ),
+        )
+        val_idx = list(range(50_000, 50_000 + args.val))
+        val = phantom_examples(
+            val_idx,
+            seed=args.seed + 1000,
+            lq={i for i in val_idx if i % 2},
+            scheme=scheme,
+            inputs=inputs,
+            cache_dir=args.cache,
+        )
+        data_desc = (
+            f"{args.phantoms} phantom studies (cohort seed {args.seed + 1000}, {len(rng_lq)} degraded as LQ); "
+            f"validation {args.val} held-out phantoms (half LQ)"
+        )
+    elif args.paths:
+        from proqual.io.layouts import load_studies
+
+        train, val = [], []
+        for s in load_studies(args.paths):
+            label = scheme.encode(s.labels)
+            if label is None:
+                continue
+            q = s.labels.piqual.get("study")
+            stratum = "unknown" if q is None else ("HQ" if q == 3 else "LQ")
+            train.append(Example(s.study_id, study_tensor(s, inputs), label, stratum))
+        n_val = max(1, len(train) // 5)
+        val, train = train[:n_val], train[n_val:]
+        data_desc = (
+            f"{len(train)} labeled studies from {', '.join(map(str, args.paths))}; validation {len(val)}"
+        )
+    else:
+        raise ValidationError("data", "give PATH(s) with labeled studies or --phantoms N")
+    config = classifier_config(preset=args.preset, scheme=scheme, inputs=inputs)
+    torch.manual_seed(args.seed)
+    model = build_classifier(config)
+    init_desc = "random (scratch)"
+    if args.init:
+        rep = load_checkpoint(model, args.init)
+        init_desc = f"{args.init} ({rep.layout}; {len(rep.not_in_checkpoint)} head keys initialised fresh)"
+    elif args.pretrain:
+        from proqual.classify.pretrain import pretrain_fcmae
+
+        hist = pretrain_fcmae(
+            model.encoder,
+            [e.image for e in train],
+            epochs=args.pretrain_epochs,
+            device=args.device,
+            progress=lambda r: log(f"pretraining epoch {r['epoch']}: loss {r['loss']:.4f}"),
+        )
+        init_desc = f"FCMAE-style pretraining on the training images ({args.pretrain_epochs} epochs, final loss {hist['history'][-1]['loss']:.4f})"
+    mode = "scratch" if (args.mode == "full" and not (args.init or args.pretrain)) else args.mode
+    cfg = FinetuneConfig(
+        mode=mode,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        hq_fraction=args.hq_fraction,
+    )
+    comp = FinetuneSet(
+        [PoolItem(e.study_id, e.label, e.stratum) for e in train], args.hq_fraction or 0.0, len(train)
+    ).composition()
+    log(
+        f"finetune set: {comp['n_drawn']} studies, HQ {comp['hq']} / LQ {comp['lq']}, classes {comp['per_class']}"
+    )
+    res = finetune(
+        model,
+        train,
+        scheme=scheme,
+        cfg=cfg,
+        val=val,
+        progress=lambda r: log(
+            f"epoch {r['epoch']}: loss {r['loss']:.4f}  val AUROC {r.get('val_auroc', float('nan')):.3f}  ({r['seconds']} s)"
+        ),
+    )
+    from proqual.classify.finetune import evaluate
+
+    metrics = evaluate(model, val, scheme, device=args.device)
+    meta = {
+        "data": data_desc,
+        "init": init_desc,
+        "composition": comp,
+        "validation": metrics,
+        "training": res,
+        "seconds": round(time.time() - t0),
+        "command": "proqual finetune "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in vars(args).items()
+            if k not in ("_run", "command", "verbose", "paths") and v not in (None, False)
+        ),
+    }
+    save_checkpoint(model, args.out, meta=meta, config=config)
+    log(f"saved {args.out}: validation " + json.dumps({k: round(v, 3) for k, v in metrics.items()}))
+    return 0

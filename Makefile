@@ -61,10 +61,12 @@ orthanc: system-deps
 	$(PYTHON) orthanc/make_config.py --out .orthanc/orthanc.json --http-port $(ORTHANC_HTTP_PORT) --dicom-port $(ORTHANC_DICOM_PORT)
 	Orthanc .orthanc/orthanc.json
 
-# Regenerate sample-data/ byte for byte (see README).
+# Regenerate sample-data/ byte for byte (see README): 8 PI-CAI phantom studies and study 0 as DICOM.
 sample-data: install
-	rm -rf sample-data/picai sample-data/dicom
-	$(VENV)/bin/proqual phantom --out sample-data/picai --n 8 --seed 2026 --preset sample --dicom-one sample-data/dicom
+	rm -rf sample-data/picai sample-data/dicom .sample-dicom-tmp
+	$(VENV)/bin/proqual phantom --out sample-data/picai --n 8 --seed 2026 --preset sample
+	$(VENV)/bin/proqual phantom --out .sample-dicom-tmp --n 1 --seed 2026 --preset sample --dicom
+	mv .sample-dicom-tmp/dicom sample-data/dicom && rm -rf .sample-dicom-tmp
 
 clean:
 	rm -rf $(VENV) build *.egg-info lib/*.egg-info .pytest_cache .ruff_cache

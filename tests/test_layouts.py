@@ -136,3 +136,15 @@ def test_corrupt_header_named(tmp_path):
     (tmp_path / "c_t2w.mha").write_text("garbage")
     with pytest.raises(InputError, match=r"c_t2w\.mha: unreadable image header"):
         load_studies(tmp_path)
+
+
+def test_committed_sample_data_imports():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "sample-data"
+    studies = load_studies([root / "picai", root / "dicom"])
+    assert len(studies) == 9
+    picai = [s for s in studies if s.patient_id and "_" in s.study_id]
+    assert {s.labels.pirads for s in picai} == {2, 3, 4, 5}
+    assert {s.labels.isup for s in picai} == {0, 1, 2, 3, 4, 5}
+    assert all(s.has("T2W", "ADC", "HBV") for s in studies)

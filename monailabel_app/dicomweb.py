@@ -69,44 +69,17 @@ def _value(ds, keyword: str, default=None):
 
 
 def identify(datasets: list) -> tuple[Sequence | None, str]:
-    """Sequence of a series from its instances' headers (first instance; b-values of all instances)."""
-    from proqual.io import dicom as dicom_io
+    """Sequence of a series from its first instance's header, as the DICOM folder import does."""
+    from proqual.io.dicom import identify_sequence
 
-    series_fn = getattr(dicom_io, "identify_series", None)
-    if series_fn is not None:
-        return series_fn(datasets)
-    return dicom_io.identify_sequence(datasets[0])
+    return identify_sequence(datasets[0])
 
 
 def header_metadata(datasets: list) -> TechnicalMetadata:
-    """Technical metadata from DICOM headers (proqual's extractor when it has one)."""
-    from proqual.io import dicom as dicom_io
+    """PI-QUAL v2 technical facts from the series' headers (:func:`proqual.io.dicom.technical_metadata`)."""
+    from proqual.io.dicom import technical_metadata
 
-    fn = getattr(dicom_io, "technical_metadata", None)
-    if fn is not None:
-        try:
-            return fn(datasets)
-        except TypeError:
-            return fn(datasets[0])
-    ds = datasets[0]
-    spacing = _value(ds, "PixelSpacing")
-    thickness = _value(ds, "SliceThickness")
-    b_values = sorted(
-        {float(b) for d in datasets if (b := _value(d, "DiffusionBValue")) is not None and float(b) >= 0}
-    )
-    return TechnicalMetadata(
-        slice_thickness_mm=float(thickness) if thickness is not None else None,
-        spacing_mm=(float(spacing[1]), float(spacing[0]), float(thickness or 0) or float(spacing[0]))
-        if spacing
-        else None,
-        b_values=b_values,
-        field_strength_t=float(v) if (v := _value(ds, "MagneticFieldStrength")) is not None else None,
-        manufacturer=_value(ds, "Manufacturer"),
-        model_name=_value(ds, "ManufacturerModelName"),
-        echo_time_ms=float(v) if (v := _value(ds, "EchoTime")) is not None else None,
-        repetition_time_ms=float(v) if (v := _value(ds, "RepetitionTime")) is not None else None,
-        source="dicom",
-    )
+    return technical_metadata(datasets[0], files=len(datasets))
 
 
 class DICOMwebStudyDatastore(StudyDatastore):
@@ -172,7 +145,7 @@ class DICOMwebStudyDatastore(StudyDatastore):
             what=f"series search {self._filter}",
         )
         studies: dict[str, Study] = {}
-        chosen: dict[tuple[str, Sequence], int] = {}
+        candidates: dict[tuple[str, Sequence], list[tuple[SeriesRef, int]]] = {}
         series_study: dict[str, str] = {}
         for row in sorted(rows, key=lambda r: str(r.get("0020000E", {}).get("Value", [""])[0])):
             head = _dataset(row)
@@ -199,37 +172,33 @@ class DICOMwebStudyDatastore(StudyDatastore):
                     {"series_uid": series_uid, "description": description, "reason": reason}
                 )
                 continue
-            number = int(_value(datasets[0], "SeriesNumber", 0) or 0)
-            key = (study_uid, seq)
-            if seq in study.sequences:
-                other = study.sequences[seq]
-                keep_new = number > chosen[key]
-                dropped = other if keep_new else None
-                if not keep_new:
-                    study.unidentified.append(
-                        {
-                            "series_uid": series_uid,
-                            "description": description,
-                            "reason": f"second {seq.value} series; kept series {chosen[key]}",
-                        }
-                    )
-                    continue
-                study.unidentified.append(
-                    {
-                        "series_uid": dropped.series_uid,
-                        "description": dropped.description,
-                        "reason": f"second {seq.value} series; kept series {number}",
-                    }
-                )
-            chosen[key] = number
-            study.sequences[seq] = SeriesRef(
+            ref = SeriesRef(
                 sequence=seq,
                 paths=[],
                 series_uid=series_uid,
                 description=description,
                 metadata=header_metadata(datasets),
             )
+            number = int(_value(datasets[0], "SeriesNumber", 0) or 0)
+            candidates.setdefault((study_uid, seq), []).append((ref, number))
             series_study[series_uid] = study_uid
+        # several series of one sequence: the same documented rule as the DICOM folder import
+        # (HBV: highest b-value, then latest series; others: latest series); the rest are reported
+        for (study_uid, seq), refs in candidates.items():
+            if seq == Sequence.HBV:
+                refs.sort(key=lambda r: (max(r[0].metadata.b_values or [0]), r[1]))
+            else:
+                refs.sort(key=lambda r: r[1])
+            kept = refs[-1][0]
+            studies[study_uid].sequences[seq] = kept
+            for ref, _ in refs[:-1]:
+                studies[study_uid].unidentified.append(
+                    {
+                        "series_uid": ref.series_uid,
+                        "description": ref.description,
+                        "reason": f"second {seq.value} series; kept {kept.description!r}",
+                    }
+                )
         self._series_study = series_study
         self._last_scan = time.monotonic()
         return list(studies.values())

@@ -16,6 +16,7 @@ from server_harness import (
     orthanc_server,
     upload_dicom,
     write_dicom_studies,
+    write_mr_series,
     write_picai_studies,
 )
 
@@ -180,7 +181,22 @@ dicom_skip = pytest.mark.skipif(_dicom_ready() is not None, reason=str(_dicom_re
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory):
-    files = write_dicom_studies(tmp_path_factory.mktemp("dicom"), n=2)
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    root = tmp_path_factory.mktemp("dicom")
+    files = write_dicom_studies(root, n=2)
+    # plus a localizer in the first study: listed as unidentified, never an image
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    files += write_mr_series(
+        root / "extra" / "localizer",
+        study_uid=first.StudyInstanceUID,
+        series_uid=generate_uid(),
+        patient_id=str(first.PatientID),
+        description="localizer",
+        series_number=99,
+        n=3,
+    )
     with orthanc_server() as srv:
         upload_dicom(srv, files)
         srv.extra["files"] = files
@@ -217,6 +233,9 @@ def test_dicomweb_datastore_groups_series_into_studies(orthanc, tmp_path):
         unidentified = ds.get_image_info(anchor).get("unidentified", [])
         assert all(u["reason"] for u in unidentified)
         assert set(seqs.values()) | {u["series_uid"] for u in unidentified} == series
+    localizers = [u for a in ds.anchor_ids() for u in ds.get_image_info(a).get("unidentified", [])]
+    assert [u["description"] for u in localizers] == ["localizer"]
+    assert "localizer" in localizers[0]["reason"]
     # nothing was fetched at start; an image is fetched and converted on demand
     assert not (tmp_path / "store" / "cache").exists()
     uri = Path(ds.get_image_uri(ds.anchor_ids()[0]))

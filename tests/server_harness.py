@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -141,8 +142,8 @@ def monailabel_server(
     """Run ``monailabel start_server --app <app_dir> --studies <studies>`` on a free loopback port.
 
     ``conf`` becomes ``--conf key value`` pairs. Yields once ``GET /info/`` answers 200; a server that
-    exits or does not answer raises ``RuntimeError`` with the end of its log. MONAI Label sessions go
-    to a temporary folder.
+    exits or does not answer raises ``RuntimeError`` with the end of its log. MONAI Label sessions (and
+    the log, unless ``log_dir`` is given) go to a temporary folder removed at the end.
     """
     port = free_port()
     tmp = Path(tempfile.mkdtemp(prefix="proqual-monailabel-"))
@@ -181,6 +182,7 @@ def monailabel_server(
         yield RunningServer(url=url, process=proc, log_path=log, extra={"port": port, "tmp": tmp})
     finally:
         _stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)  # sessions (and the log, unless log_dir was given)
 
 
 @contextlib.contextmanager
@@ -189,7 +191,8 @@ def orthanc_server(
 ) -> Iterator[RunningServer]:
     """Run Orthanc with the repository's ``orthanc/orthanc.json`` on free HTTP and DICOM ports.
 
-    ``storage_dir`` defaults to a new temporary folder. ``extra["dicomweb"]`` is the DICOMweb root URL.
+    ``storage_dir`` defaults to a temporary folder removed at the end. ``extra["dicomweb"]`` is the
+    DICOMweb root URL.
     """
     http_port, dicom_port = free_port(), free_port()
     tmp = Path(tempfile.mkdtemp(prefix="proqual-orthanc-"))
@@ -227,6 +230,7 @@ def orthanc_server(
         )
     finally:
         _stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)  # configuration, log and (default) storage
 
 
 def upload_dicom(orthanc: RunningServer, files) -> list[str]:

@@ -172,3 +172,24 @@ def test_errors_list_keys(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="junk.pt: unreadable checkpoint"):
         load_checkpoint(m, tmp_path / "junk.pt")
+
+
+def test_vit_presets():
+    from proqual.nets.profound_vit import profound_vit, sincos_3d
+
+    vit = profound_vit("tiny").eval()
+    assert vit.n_tokens == 1 * 2 * 2 and vit.pos_embed.shape == (1, 5, 64)
+    with torch.no_grad():
+        assert vit(torch.rand(2, 3, 16, 64, 64)).shape == (2, 64)
+    with pytest.raises(ValidationError, match="ProFound-ViT expects"):
+        vit(torch.rand(1, 3, 8, 64, 64))
+    base = profound_vit("base")
+    assert base.n_tokens == 256 and base.out_dim == 768 and len(base.blocks) == 12
+    assert "blocks.11.attn.qkv.weight" in base.state_dict() and "patch_embed.proj.weight" in base.state_dict()
+    emb = sincos_3d((4, 8, 8), 768)
+    assert emb.shape == (256, 768) and len({tuple(r) for r in emb.round(decimals=5).tolist()}) == 256
+    clf = Classifier(vit, 2)
+    with torch.no_grad():
+        clf.eval()
+        assert clf(torch.rand(2, 3, 16, 64, 64)).shape == (2, 2)
+    assert len(clf.layer_groups()) == 4

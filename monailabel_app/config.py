@@ -110,12 +110,17 @@ class ProQualConfig(BaseModel):
         return getattr(self, f"{model}_checkpoint")
 
     def resolved_device(self) -> str:
-        """``cpu`` or ``cuda`` (``auto`` -> ``cuda`` when torch sees a GPU)."""
-        if self.device != "auto":
-            return self.device
+        """``cpu`` or ``cuda`` (``auto`` -> ``cuda`` when torch sees a GPU); ``cuda`` without a GPU is an
+        error naming the key."""
+        if self.device == "cpu":
+            return "cpu"
         import torch
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            return "cuda"
+        if self.device == "cuda":
+            raise ValidationError("device", "--conf device 'cuda': torch sees no CUDA GPU (use cpu or auto)")
+        return "cpu"
 
 
 #: conf keys MONAI Label itself puts into the conf dict (not ours to validate)

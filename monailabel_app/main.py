@@ -44,10 +44,10 @@ class ProQualApp(MONAILabelApp):
         # MONAILabelApp.__init__ calls the init_* hooks, so everything they use is set first.
         try:
             self.config: ProQualConfig = parse_conf(conf)
+            self.device: str = self.config.resolved_device()
         except ProQualError as exc:
             log.error("ProQual cannot start: invalid --conf: %s", exc)
             raise
-        self.device: str = self.config.resolved_device()
         self.model_specs: dict[str, ModelSpec] = registry.model_specs(self.config)
         for spec in self.model_specs.values():
             if spec.available:

@@ -54,6 +54,17 @@ def test_conf_strings_are_converted():
     assert set(valid_keys()) >= {"models", "device", "quality_checkpoint", "profound_checkpoint", "store"}
 
 
+def test_cuda_without_a_gpu_is_refused():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        assert parse_conf({"device": "cuda"}).resolved_device() == "cuda"
+        return
+    assert parse_conf({"device": "auto"}).resolved_device() == "cpu"
+    with pytest.raises(ValidationError) as err:
+        parse_conf({"device": "cuda"}).resolved_device()
+    assert err.value.field == "device"
+
+
 def test_error_mapping():
     assert error_response(NotFoundError("model", "x", ["a"])).status_code == 404
     assert error_response(ValidationError("pirads", "must be 1..5")).status_code == 422

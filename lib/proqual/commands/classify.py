@@ -36,10 +36,17 @@ def run(args: argparse.Namespace) -> int:
 
     from proqual.classify.data import study_tensor
     from proqual.classify.infer import classify_study, load_classifier
-    from proqual.errors import ProQualError
+    from proqual.errors import CheckpointError, ProQualError
     from proqual.io.layouts import load_studies
 
     models = [load_classifier(p, device=args.device) for p in (args.pirads, args.isup)]
+    for (_, scheme, _), (path, task) in zip(
+        models, ((args.pirads, "pirads"), (args.isup, "isup")), strict=True
+    ):
+        if scheme.task != task:
+            raise CheckpointError(
+                f"{path}: is a {scheme.task} model (scheme {scheme.name}); --{task} needs a {task} model"
+            )
     studies = load_studies(args.paths, marksheet=args.marksheet)
     results, failed = [], 0
     for study in tqdm(studies, desc="classifying", unit="study", disable=len(studies) < 2, file=sys.stderr):

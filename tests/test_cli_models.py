@@ -1,0 +1,98 @@
+"""End to end with the shipped weights: proqual score / classify on sample-data, a bad study in a batch,
+and the quality scoring API (heads, ranges, salient slice)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from proqual.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sample-data" / "picai"
+MODEL = ROOT / "model"
+
+
+@pytest.fixture(scope="module")
+def quality_model():
+    from proqual.quality.scoring import load_quality_model
+
+    return load_quality_model(MODEL / "quality.pt")
+
+
+def test_score_sample_data_end_to_end(tmp_path, capsys):
+    out_csv, out_json = tmp_path / "q.csv", tmp_path / "q.json"
+    assert main(["score", str(SAMPLE), "--csv", str(out_csv), "--json", str(out_json)]) == 0
+    text = capsys.readouterr().out
+    assert "study PI-QUAL v2" in text
+    results = json.loads(out_json.read_text())
+    assert len(results) == 8
+    for r in results:
+        assert r["study_piqual"] in (1, 2, 3)
+        assert set(r["sequences"]) == {"T2W", "HBV", "ADC"}
+        for q in r["sequences"].values():
+            assert 0.0 <= q["score"] <= 1.0 and q["piqual"] in (1, 2, 3)
+            assert abs(sum(q["piqual_probs"].values()) - 1) < 1e-3
+            assert len(q["slice_quality"]) == len(q["saliency"]) == 16
+            assert 0 <= q["salient_slice"]["index"] < 16
+            assert {p["rule"] for p in q["prerequisites"]}
+            assert set(q["classical"]) == {"snr", "cnr", "cjv", "efc", "fber"}
+        assert r["model"]["sha256"]
+    with open(out_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 24 and {"score", "piqual", "prereq_t2w_slice_thickness"} <= set(rows[0])
+
+
+def test_score_batch_with_a_bad_study(tmp_path, capsys):
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    src = SAMPLE / "images" / "10000"
+    for seq in ("t2w", "adc", "hbv"):
+        shutil.copy(src / f"10000_1000000_{seq}.mha", folder / f"good_{seq}.mha")
+        (folder / f"bad_{seq}.mha").write_bytes((src / f"10000_1000000_{seq}.mha").read_bytes()[:400])
+    out_json = tmp_path / "r.json"
+    # headers of the truncated files still read, so the study is listed and fails while scoring
+    assert main(["score", str(folder), "--json", str(out_json)]) == 1
+    results = {r["study_id"]: r for r in json.loads(out_json.read_text())}
+    assert "error" in results["bad"] and "bad_" in results["bad"]["error"]
+    assert results["good"]["study_piqual"] in (1, 2, 3)
+    assert "bad: ERROR" in capsys.readouterr().out
+
+
+def test_quality_score_falls_with_severity(quality_model):
+    from proqual import artifacts as A
+    from proqual.io import Volume
+    from proqual.phantom import make_study
+    from proqual.quality.scoring import score_volumes
+    from proqual.study import Sequence
+
+    t2 = make_study(3, seed=99, preset="sample").volumes[Sequence.T2W]
+    scores = []
+    for sev in (0.0, 0.5, 1.0):
+        img, _ = A.degrade(t2.array, t2.spacing, "noise", severity=sev, seed=5)
+        scores.append(
+            score_volumes(quality_model, {Sequence.T2W: Volume(img, t2.spacing, t2.origin, t2.direction)})[
+                "T2W"
+            ].score
+        )
+    assert scores[0] > scores[1] > scores[2]
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert main(["score", str(SAMPLE), "--checkpoint", str(tmp_path / "none.pt")]) == 1
+    assert "none.pt: quality checkpoint not found" in capsys.readouterr().err
+
+
+def test_classify_sample_data(tmp_path, capsys):
+    out = tmp_path / "c.json"
+    assert main(["classify", str(SAMPLE), "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert len(results) == 8
+    for r in results:
+        assert 0 <= r["pirads"]["positive_probability"] <= 1 and r["pirads"]["positive_name"] == "PI-RADS>=4"
+        assert abs(sum(r["pirads"]["probabilities"].values()) - 1) < 1e-3
+        assert r["isup"]["positive_name"] == "csPCa" and r["isup"]["model"]["sha256"]
+    assert "P(csPCa)" in capsys.readouterr().out

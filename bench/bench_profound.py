@@ -20,7 +20,6 @@ import statistics
 import time
 
 import torch
-
 from proqual.nets import profound_conv as pc
 
 
@@ -89,7 +88,9 @@ def main() -> None:
             err = float((m(inp) - want).abs().max())
         rows.append((name, med, min(times), max(times), err))
     base = rows[0][1]
-    print(f"ProFound-Conv tiny, 1 x 3 x 64 x 224 x 224, CPU threads={torch.get_num_threads()}, repeats={args.repeats}")
+    print(
+        f"ProFound-Conv tiny, 1 x 3 x 64 x 224 x 224, CPU threads={torch.get_num_threads()}, repeats={args.repeats}"
+    )
     print(f"{'variant':<18}{'median s':>10}{'min':>8}{'max':>8}{'vs ref':>8}{'max|diff|':>12}")
     for name, med, lo, hi, err in rows:
         print(f"{name:<18}{med:>10.3f}{lo:>8.3f}{hi:>8.3f}{base / med:>7.2f}x{err:>12.2e}")
@@ -99,11 +100,15 @@ def main() -> None:
             print("no CUDA device available")
         else:
             mc, xc = model.cuda(), x.cuda()
+
             def bf16(inp):
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     return mc(inp)
+
             med, _ = timeit(bf16, xc, 20, torch.cuda.synchronize)
-            print(f"CUDA bf16 autocast: median {med * 1000:.1f} ms, peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+            print(
+                f"CUDA bf16 autocast: median {med * 1000:.1f} ms, peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
+            )
     if args.finetune_throughput:
         from proqual.nets.classifier import Classifier
 

@@ -16,14 +16,15 @@ import time
 from pathlib import Path
 
 import torch
-
 from proqual.phantom import make_study
 from proqual.quality.scoring import load_quality_model, score_volumes
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", type=Path, default=Path(__file__).resolve().parents[1] / "model" / "quality.pt")
+    ap.add_argument(
+        "--checkpoint", type=Path, default=Path(__file__).resolve().parents[1] / "model" / "quality.pt"
+    )
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--cuda", action="store_true")
@@ -49,7 +50,9 @@ def main() -> None:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
         q = statistics.quantiles(times, n=4)
-        print(f"{dev}: median {statistics.median(times):.3f} s  (quartiles {q[0]:.3f} / {q[2]:.3f}, n={len(times)})")
+        print(
+            f"{dev}: median {statistics.median(times):.3f} s  (quartiles {q[0]:.3f} / {q[2]:.3f}, n={len(times)})"
+        )
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

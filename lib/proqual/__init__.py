@@ -4,7 +4,7 @@ The core library. It imports neither monailabel nor slicer; heavy optional piece
 """
 
 from proqual.errors import CheckpointError, InputError, MissingSequenceError, ProQualError
-from proqual.study import SeriesRef, Sequence, Study, StudyLabels, TechnicalMetadata
+from proqual.study import Sequence, SeriesRef, Study, StudyLabels, TechnicalMetadata
 
 __version__ = "0.1.0"
 

@@ -143,6 +143,8 @@ class ProQualApp(MONAILabelApp):
         image = request.get("image")
         if isinstance(image, str) and image and not Path(image).exists():
             (datastore or self.datastore()).entry(image)  # unknown id -> 404 before any work
+            # MONAI Label replaces "image" by the file URI before calling the task; keep the id
+            request = {**request, "proqual_image_id": image}
         return super().infer(request, datastore)
 
     def next_sample(self, request):
@@ -180,6 +182,9 @@ class ProQualApp(MONAILabelApp):
             "models": {n: s.as_json() for n, s in self.model_specs.items()},
             "routes": ["/proqual/studies", "/proqual/annotations/{image}", "/proqual/finetune-set"],
         }
+        cache = getattr(self, "study_cache", None)
+        if cache is not None:
+            meta["proqual"]["cache"] = cache.stats()
         return meta
 
     def finetune_set_summary(self) -> dict[str, Any]:

@@ -151,9 +151,10 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         hq_fraction=args.hq_fraction,
     )
-    comp = FinetuneSet(
-        [PoolItem(e.study_id, e.label, e.stratum) for e in train], args.hq_fraction or 0.0, len(train)
-    ).composition()
+    items = [PoolItem(e.study_id, e.label, e.stratum) for e in train]
+    own_hq = sum(i.stratum == "HQ" for i in items) / len(items) if items else 0.0
+    target = args.hq_fraction if args.hq_fraction is not None else own_hq  # no target: the data's own make-up
+    comp = FinetuneSet(items, round(target, 4), len(train)).composition()
     log(
         f"finetune set: {comp['n_drawn']} studies, HQ {comp['hq']} / LQ {comp['lq']}, classes {comp['per_class']}"
     )

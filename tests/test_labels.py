@@ -133,3 +133,17 @@ def test_annotation_errors_name_the_field(data, field):
 def test_annotation_not_an_object(raw):
     with pytest.raises(ValidationError, match="annotation: "):
         validate_annotation(raw)
+
+
+def test_strictness_fixes():
+    assert case_pirads_from_lesions(["3", "N/A"]) == 3
+    assert get_scheme("cspca").encode("not_biopsied") is None
+    with pytest.raises(ValidationError, match="must be an integer"):
+        get_scheme("pirads_ge4").encode(True)
+    for bad in (
+        {"annotator": "a", "pirads": True},
+        {"annotator": "a", "pirads": "4"},
+        {"annotator": "a", "isup": True},
+    ):
+        with pytest.raises(ValidationError):
+            validate_annotation(bad)

@@ -85,3 +85,12 @@ def test_classification_report_shape_mismatch():
 
     with pytest.raises(ValidationError, match="probs: has 3 columns, scheme cspca has 2"):
         M.classification_report([0, 1], np.ones((2, 3)) / 3, get_scheme("cspca"))
+
+
+def test_length_and_nan_checks():
+    from proqual.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="score: has 2 values, y_true has 3"):
+        M.auroc([1, 0, 1], [0.2, 0.3])
+    with pytest.raises(ValidationError, match="NaN"):
+        M.srcc([1, 2, 3], [1, float("nan"), 2])

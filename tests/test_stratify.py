@@ -79,3 +79,12 @@ def test_sampler_needs_items_of_each_wanted_stratum():
         StratifiedSampler(items, hq_fraction=1.0)
     s = StratifiedSampler([PoolItem("a", 0, "HQ"), PoolItem("b", 0, "LQ")], hq_fraction=0.5, epoch_size=6)
     assert s.notes and "with replacement" in s.notes[0]
+
+
+def test_order_independent_and_duplicates_rejected():
+    pool = _pool()
+    a = build_finetune_set(pool, n=10, hq_fraction=0.5, seed=2).study_ids
+    b = build_finetune_set(list(reversed(pool)), n=10, hq_fraction=0.5, seed=2).study_ids
+    assert a == b
+    with pytest.raises(ValidationError, match="duplicate study ids"):
+        build_finetune_set(pool + pool[:1], n=4, hq_fraction=0.5, seed=0)

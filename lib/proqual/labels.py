@@ -50,8 +50,12 @@ class Scheme:
             value = labels.pirads if self.task == "pirads" else labels.isup
         else:
             value = labels
-        if value is None:
+        if value is None or (
+            isinstance(value, str) and value.strip().lower() in ("not_biopsied", "not biopsied")
+        ):
             return None
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValidationError(self.task, f"must be an integer, got {value!r}")
         v = int(value)
         if self.task == "pirads":
             if not 1 <= v <= 5:
@@ -139,7 +143,7 @@ def parse_lesion_field(value, *, field: str = "lesion_PIRADS", lo: int = 0, hi: 
 
 def case_pirads_from_lesions(values) -> int | None:
     """Case PI-RADS = the maximum over lesions (N/A ignored); None when all are N/A or there are none."""
-    lesions = values if isinstance(values, list) else parse_lesion_field(values, lo=1)
+    lesions = parse_lesion_field(values, lo=1)
     known = [v for v in lesions if v is not None]
     return max(known) if known else None
 
@@ -200,7 +204,7 @@ class LesionPoint(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     position_lps: tuple[float, float, float]
-    pirads: int | None = Field(default=None, ge=1, le=5)
+    pirads: int | None = Field(default=None, ge=1, le=5, strict=True)
     zone: Literal["PZ", "TZ", "AFS", "CZ"] | None = None
 
     @field_validator("position_lps")
@@ -217,9 +221,9 @@ class Annotation(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schema_version: Literal[1] = 1
-    pirads: int | None = Field(default=None, ge=1, le=5)
+    pirads: int | None = Field(default=None, ge=1, le=5, strict=True)
     #: ISUP grade group 0..5, "not_biopsied", or null (unknown)
-    isup: int | Literal["not_biopsied"] | None = None
+    isup: Annotated[int, Field(strict=True)] | Literal["not_biopsied"] | None = None
     #: PI-QUAL v2 per sequence (T2W, ADC, HBV, DWI, DCE) and for the study ("study"), each 1..3
     piqual: dict[
         Literal["T2W", "ADC", "HBV", "DWI", "DCE", "study"], Annotated[int, Field(ge=1, le=3, strict=True)]

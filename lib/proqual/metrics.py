@@ -17,7 +17,16 @@ def _arr(x, name: str) -> np.ndarray:
     a = np.asarray(x, dtype=float)
     if a.size == 0:
         raise ValidationError(name, "is empty")
+    if not np.all(np.isfinite(a)):
+        raise ValidationError(name, "holds NaN or infinite values")
     return a
+
+
+def _pair(a, b, names=("a", "b")) -> tuple[np.ndarray, np.ndarray]:
+    x, y = _arr(a, names[0]), _arr(b, names[1])
+    if len(x) != len(y):
+        raise ValidationError(names[1], f"has {len(y)} values, {names[0]} has {len(x)}")
+    return x, y
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -27,7 +36,7 @@ def _arr(x, name: str) -> np.ndarray:
 
 def srcc(a, b) -> float:
     """Spearman rank correlation (NaN when either input is constant)."""
-    a, b = _arr(a, "a"), _arr(b, "b")
+    a, b = _pair(a, b)
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
     return float(stats.spearmanr(a, b).statistic)
@@ -35,7 +44,7 @@ def srcc(a, b) -> float:
 
 def plcc(a, b) -> float:
     """Pearson linear correlation (NaN when either input is constant)."""
-    a, b = _arr(a, "a"), _arr(b, "b")
+    a, b = _pair(a, b)
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
     return float(np.corrcoef(a, b)[0, 1])
@@ -43,14 +52,14 @@ def plcc(a, b) -> float:
 
 def krcc(a, b) -> float:
     """Kendall rank correlation (tau-b)."""
-    a, b = _arr(a, "a"), _arr(b, "b")
+    a, b = _pair(a, b)
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
     return float(stats.kendalltau(a, b).statistic)
 
 
 def rmse(a, b) -> float:
-    a, b = _arr(a, "a"), _arr(b, "b")
+    a, b = _pair(a, b)
     return float(np.sqrt(np.mean((a - b) ** 2)))
 
 
@@ -62,8 +71,8 @@ def rmse(a, b) -> float:
 def auroc(y_true, score) -> float:
     """Binary AUROC: the probability that a random positive scores above a random negative (ties count
     one half), computed from ranks (Mann-Whitney U). NaN when only one class is present."""
-    y = np.asarray(y_true).astype(int)
-    s = _arr(score, "score")
+    y, s = _pair(y_true, score, ("y_true", "score"))
+    y = y.astype(int)
     n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
@@ -149,6 +158,8 @@ def classification_report(y_true, probs, scheme, *, threshold: float = 0.5) -> d
     AUROC, QWK, macro-F1, balanced accuracy, plus the binary metrics of the scheme's positive call."""
     y = np.asarray(y_true).astype(int)
     p = _arr(probs, "probs")
+    if len(p) != len(y):
+        raise ValidationError("probs", f"has {len(p)} rows, y_true has {len(y)}")
     if p.ndim == 1:
         p = np.stack([1 - p, p], 1)
     if p.shape[1] != scheme.n_classes:

@@ -151,7 +151,13 @@ def build_finetune_set(
     if n < 1:
         raise ValidationError("n", f"must be >= 1, got {n}")
     skip = set(exclude)
-    pool = [p for p in pool if p.study_id not in skip and p.label is not None]
+    pool = sorted(
+        (p for p in pool if p.study_id not in skip and p.label is not None), key=lambda p: p.study_id
+    )
+    ids = [p.study_id for p in pool]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValidationError("pool", f"duplicate study ids {dup[:5]}")
     unknown = sum(p.stratum == "unknown" for p in pool)
     hq = [p for p in pool if p.stratum == "HQ"]
     lq = [p for p in pool if p.stratum == "LQ"]

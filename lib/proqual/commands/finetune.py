@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from proqual.classify.infer import build_classifier, classifier_config
     from proqual.errors import ValidationError
     from proqual.labels import get_scheme
-    from proqual.stratify import FinetuneSet, PoolItem
+    from proqual.stratify import FinetuneSet, PoolItem, assign_stratum
 
     t0 = time.time()
     scheme = get_scheme(args.scheme)
@@ -113,8 +113,7 @@ def run(args: argparse.Namespace) -> int:
             label = scheme.encode(s.labels)
             if label is None:
                 continue
-            q = s.labels.piqual.get("study")
-            stratum = "unknown" if q is None else ("HQ" if q == 3 else "LQ")
+            stratum, _ = assign_stratum(expert_piqual=s.labels.piqual.get("study"))
             train.append(Example(s.study_id, study_tensor(s, inputs), label, stratum))
         n_val = max(1, len(train) // 5)
         val, train = train[:n_val], train[n_val:]

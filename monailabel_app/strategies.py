@@ -7,10 +7,10 @@ plus the ids of its other sequences (``sequences``) and why it was chosen.
 - ``random``: a random unlabeled study (``seed`` request option for a repeatable draw);
 - ``uncertainty``: the unlabeled study whose PI-RADS probabilities have the highest normalised entropy
   (from image info, computed on demand for up to ``max_compute`` unscored studies);
-- ``quality_aware``: the most uncertain unlabeled study of the quality stratum (HQ/LQ) the finetune
-  set is short of: when its HQ fraction is below ``target_hq_fraction`` (request option, default from
-  ``--conf``), an HQ study, else an LQ one; when no unlabeled study is in that stratum, the most
-  uncertain of the others.
+- ``quality_aware``: the most uncertain unlabeled study of the quality stratum (HQ/LQ) whose next
+  study brings the finetune set's HQ fraction closest to ``target_hq_fraction`` (request option,
+  default from ``--conf``); when no unlabeled study is in that stratum, the most uncertain of the
+  others. Strata come from the stored quality scores (computed on demand, ``max_compute``).
 """
 
 from __future__ import annotations
@@ -59,6 +59,17 @@ def _answer(datastore, anchor: str, strategy: str, **why) -> dict[str, Any]:
         "strategy": strategy,
         **why,
     }
+
+
+def wanted_stratum(n_hq: int, n_lq: int, target: float) -> str:
+    """The stratum whose next study brings the HQ fraction closest to ``target`` (ties: HQ when the
+    target is at least one half)."""
+    n = n_hq + n_lq + 1
+    gap_hq = abs((n_hq + 1) / n - target)
+    gap_lq = abs(n_hq / n - target)
+    if gap_hq == gap_lq:
+        return "HQ" if target >= 0.5 else "LQ"
+    return "HQ" if gap_hq < gap_lq else "LQ"
 
 
 class _Base(Strategy):
@@ -131,10 +142,7 @@ class QualityAware(_Base):
         target = float(request.get("target_hq_fraction", cfg.target_hq_fraction))
         summary = finetune_set_summary(datastore, cfg)
         fraction = summary["hq_fraction"]
-        if fraction is None:
-            wanted = "HQ" if target >= 0.5 else "LQ"
-        else:
-            wanted = "HQ" if fraction < target else "LQ"
+        wanted = wanted_stratum(summary["strata"]["HQ"], summary["strata"]["LQ"], target)
         max_compute = int(request.get("max_compute", 16))
         strata = {}
         for i, anchor in enumerate(candidates):

@@ -96,3 +96,56 @@ def test_classify_sample_data(tmp_path, capsys):
         assert abs(sum(r["pirads"]["probabilities"].values()) - 1) < 1e-3
         assert r["isup"]["positive_name"] == "csPCa" and r["isup"]["model"]["sha256"]
     assert "P(csPCa)" in capsys.readouterr().out
+
+
+def test_downstream_finetuning_on_expert_ratings(tmp_path, capsys):
+    """The downstream path: expert PI-QUAL v2 ratings (CSV) finetune an existing quality checkpoint."""
+    import torch
+
+    src = SAMPLE / "images"
+    lines = ["path,sequence,piqual"]
+    for i, (pid, rating) in enumerate([("10000", 3), ("10001", 2), ("10002", 1), ("10003", 3)]):
+        seq = ("t2w", "adc", "hbv", "t2w")[i]
+        dest = tmp_path / f"{pid}_{seq}.mha"
+        shutil.copy(src / pid / f"{pid}_{1000000 + int(pid) - 10000}_{seq}.mha", dest)
+        lines.append(f"{dest.name},{seq.upper()},{rating}")
+    (tmp_path / "ratings.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "q2.pt"
+    args = [
+        "train-quality",
+        "--init",
+        str(MODEL / "quality.pt"),
+        "--skip-upstream",
+        "--ratings",
+        str(tmp_path / "ratings.csv"),
+        "--downstream-epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--no-eval",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    meta = torch.load(out, weights_only=True)["meta"]
+    assert (
+        meta["stages"][0]["stage"] == "downstream" and "4 expert-rated volumes" in meta["stages"][0]["data"]
+    )
+    assert "saved" in capsys.readouterr().out
+    (tmp_path / "bad.csv").write_text("path,sequence,piqual\nx.mha,T2W,7\n")
+    assert (
+        main(
+            [
+                "train-quality",
+                "--init",
+                str(MODEL / "quality.pt"),
+                "--skip-upstream",
+                "--ratings",
+                str(tmp_path / "bad.csv"),
+                "--no-eval",
+                "--out",
+                str(tmp_path / "q3.pt"),
+            ]
+        )
+        == 1
+    )

@@ -53,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--skip-upstream", action="store_true", help="only the downstream stage (needs --init)"
     )
     parser.add_argument("--eval-out", type=Path, help="write the evaluation JSON here")
+    parser.add_argument("--no-eval", action="store_true", help="skip the per-family evaluation sweeps")
 
 
 def _read_ratings(path: Path):
@@ -151,18 +152,20 @@ def run(args: argparse.Namespace) -> int:
         meta["stages"].append(
             {"stage": "downstream", "data": f"{len(rated)} expert-rated volumes from {args.ratings}", **hist}
         )
-    print("evaluating on held-out phantoms and real MR volumes ...", flush=True)
-    evaluation = {
-        "held_out_phantoms": E.phantom_evaluation(
-            model,
-            n_studies=args.n_eval,
-            seed=args.seed,
-            start=20_000,
-            preset=args.preset,
-            progress=bar("phantom sweep"),
-        ),
-        "real_mr": E.real_mr_evaluation(model, seed=args.seed),
-    }
+    evaluation: dict = {"held_out_phantoms": {}, "real_mr": {}}
+    if not args.no_eval:
+        print("evaluating on held-out phantoms and real MR volumes ...", flush=True)
+        evaluation = {
+            "held_out_phantoms": E.phantom_evaluation(
+                model,
+                n_studies=args.n_eval,
+                seed=args.seed,
+                start=20_000,
+                preset=args.preset,
+                progress=bar("phantom sweep"),
+            ),
+            "real_mr": E.real_mr_evaluation(model, seed=args.seed),
+        }
     meta["evaluation"] = evaluation
     meta["seconds"] = round(time.time() - t_start)
     meta["command"] = "proqual train-quality " + " ".join(

@@ -131,3 +131,76 @@ def test_republished_checkpoint_is_hot_reloaded(setup, tmp_path):
     after = r.json()
     assert after["model"]["sha256"] != before["model"]["sha256"]
     assert after["probabilities"] != before["probabilities"]
+
+
+# ------------------------------------------------------------------------------------ the study cache
+def _phantom_study(root: Path, index: int):
+    from proqual.study import Sequence, SeriesRef, Study
+
+    write_picai_studies(root, n=index + 1, drop_last=None)
+    t2w = sorted((root / "images").rglob("*_t2w.*"))[index]
+    seqs = {}
+    for seq in (Sequence.T2W, Sequence.ADC, Sequence.HBV):
+        path = t2w.with_name(t2w.name.replace("_t2w.", f"_{seq.value.lower()}."))
+        seqs[seq] = SeriesRef(sequence=seq, paths=[str(path)])
+    return Study(study_id=t2w.name.split("_t2w")[0], sequences=seqs)
+
+
+def test_study_cache_reads_and_preprocesses_once(tmp_path):
+    import threading
+
+    import torch
+    from proqual.cache import StudyCache
+    from proqual.classify.data import INPUTS, study_tensor
+
+    study = _phantom_study(tmp_path, 0)
+    cache = StudyCache(2)
+    small = INPUTS["small"]
+    results = []
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(cache.tensor(study, roi=small.roi, spacing=small.spacing))
+        )
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stats = cache.stats()
+    assert stats["volume_reads"] == 3 and stats["preprocess_runs"] == 1 and stats["preprocess_hits"] == 3
+    assert all(r is results[0] for r in results)
+    expected = study_tensor(study, small)
+    assert results[0].shape == (3, *small.roi) and torch.allclose(results[0], expected, atol=1e-5)
+    vols = cache.volumes(study, ["t2w"])
+    assert cache.stats()["volume_reads"] == 3 and list(vols) == [next(iter(study.sequences))]
+
+
+def test_study_cache_is_bounded_and_sees_changed_files(tmp_path):
+    import os
+
+    from proqual.cache import StudyCache
+    from proqual.errors import MissingSequenceError
+    from proqual.study import Sequence
+
+    a, b = _phantom_study(tmp_path, 0), _phantom_study(tmp_path, 1)
+    cache = StudyCache(1)
+    cache.volumes(a)
+    cache.volumes(b)  # evicts a
+    assert cache.stats()["evictions"] == 1 and cache.stats()["studies"] == 1
+    cache.volumes(a)
+    assert cache.stats()["volume_reads"] == 9
+    # a rewritten file (new mtime) is read again, the stale entry replaced
+    path = a.sequences[Sequence.ADC].paths[0]
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    cache.volumes(a)
+    assert cache.stats()["volume_reads"] == 12 and cache.stats()["studies"] == 1
+    del a.sequences[Sequence.HBV]
+    with pytest.raises(MissingSequenceError) as err:
+        cache.tensor(a, roi=(8, 16, 16), spacing=(4.0, 2.0, 2.0), task="pirads")
+    assert err.value.missing == ["HBV"]
+    off = StudyCache(0)
+    off.volumes(b)
+    off.volumes(b)
+    assert off.stats()["volume_reads"] == 6 and off.stats()["studies"] == 0

@@ -124,3 +124,24 @@ def test_folder_without_dicom(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(InputError, match="folder holds no DICOM series"):
         read_volume(tmp_path)
+
+
+def test_dicom_series_with_a_missing_slice(tmp_path):
+    from proqual.io.dicom import write_series
+    from proqual.study import Sequence
+
+    vol = Volume(np.ones((8, 8, 5), np.float32) * 10, (1.0, 1.0, 3.0), (0.0, 0.0, 0.0))
+    files = write_series(
+        vol,
+        tmp_path / "s",
+        sequence=Sequence.T2W,
+        patient_id="p",
+        study_id="s",
+        study_uid="1.2.3",
+        series_number=1,
+        series_description="t2_tse_tra",
+        uid_seed="x",
+    )
+    files[2].unlink()
+    with pytest.raises(InputError, match="slice spacing is not uniform"):
+        read_volume([f for f in files if f.exists()])

@@ -106,6 +106,18 @@ def _sort_dicom_files(paths: Seq[str | Path]) -> list[str]:
             key = float(np.dot(normal, np.asarray(ipp, float)))
         keyed.append((key, str(p)))
     keyed.sort()
+    positions = np.array([k for k, _ in keyed])
+    if len(positions) > 2:
+        gaps = np.diff(positions)
+        step = float(np.median(gaps))
+        bad = np.flatnonzero(np.abs(gaps - step) > 0.05 * max(abs(step), 1e-6))
+        if bad.size:
+            i = int(bad[0])
+            raise InputError(
+                Path(keyed[i + 1][1]),
+                f"slice spacing is not uniform ({gaps[i]:.3g} mm here, {step:.3g} mm elsewhere): a slice is "
+                "missing, duplicated or unreadable in this series",
+            )
     return [p for _, p in keyed]
 
 

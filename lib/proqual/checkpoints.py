@@ -125,6 +125,18 @@ def _check_and_load(
     return [k for k in own if k not in sd]
 
 
+def read_checkpoint(path: str | Path, *, what: str = "checkpoint"):
+    """``torch.load`` (weights only, on the CPU) with errors that name the file: missing or unreadable
+    files raise :class:`CheckpointError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: {what} not found")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for junk files
+        raise CheckpointError(f"{p}: unreadable checkpoint ({exc})") from exc
+
+
 def load_checkpoint(model: torch.nn.Module, src, *, strict: bool = True) -> LoadReport:
     """Load ``src`` (a path or an already loaded object) into ``model`` (a Classifier or a bare encoder).
 
@@ -132,16 +144,7 @@ def load_checkpoint(model: torch.nn.Module, src, *, strict: bool = True) -> Load
     an FCMAE pretraining checkpoint initialises a classifier's encoder, which is reported in
     ``not_in_checkpoint``. Raises :class:`CheckpointError` naming the file and listing the keys."""
     source = str(src) if isinstance(src, (str, Path)) else "checkpoint"
-    if isinstance(src, (str, Path)):
-        p = Path(src)
-        if not p.is_file():
-            raise CheckpointError(f"{p}: checkpoint file not found")
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for junk files
-            raise CheckpointError(f"{p}: unreadable checkpoint ({exc})") from exc
-    else:
-        obj = src
+    obj = read_checkpoint(src, what="checkpoint file") if isinstance(src, (str, Path)) else src
     sd = _state_dict(obj)
     layout = detect_layout(sd)
     if layout != "fcmae" and isinstance(obj, dict) and "model" in obj and "meta" in obj:

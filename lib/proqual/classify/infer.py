@@ -53,15 +53,10 @@ def classifier_config(*, preset: str, scheme: Scheme, inputs: InputConfig, hidde
 
 def load_classifier(path: str | Path, *, device: str = "cpu"):
     """(model, scheme, inputs) from a ProQual classifier checkpoint; never a model with random weights."""
-    from proqual.checkpoints import checkpoint_version, load_checkpoint
+    from proqual.checkpoints import checkpoint_version, load_checkpoint, read_checkpoint
 
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: classifier checkpoint not found")
-    try:
-        blob = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for junk
-        raise CheckpointError(f"{p}: unreadable checkpoint ({exc})") from exc
+    blob = read_checkpoint(p, what="classifier checkpoint")
     config = blob.get("config") if isinstance(blob, dict) else None
     if not config:
         raise CheckpointError(f"{p}: no 'config' in checkpoint; not a ProQual classifier checkpoint")

@@ -11,7 +11,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from proqual import artifacts as A
-from proqual.checkpoints import checkpoint_version
+from proqual.checkpoints import checkpoint_version, read_checkpoint
 from proqual.errors import CheckpointError, InputError
 from proqual.io.readers import Volume, read_volume
 from proqual.quality.classical import classical_measures
@@ -62,12 +62,7 @@ def load_quality_model(path: str | Path, *, device: str = "cpu"):
     from proqual.nets.quality_net import QualityNet, QualityNetConfig
 
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: quality checkpoint not found")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for junk files
-        raise CheckpointError(f"{p}: unreadable checkpoint ({exc})") from exc
+    ckpt = read_checkpoint(p, what="quality checkpoint")
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{p}: not a ProQual quality checkpoint (needs 'model' and 'config')")
     model = QualityNet(QualityNetConfig.from_dict(ckpt["config"]))

@@ -1,11 +1,14 @@
 """Benchmark: ProFound-Conv tiny forward on one 3 x 64 x 224 x 224 input (inference mode), and the
 finetuning throughput of the small-cpu preset.
 
-Variants measured side by side in one run (same weights, outputs checked against the reference):
-- reference: ConvNeXt's channels-first LayerNorm written out (mean / variance per voxel), as in the
-  original implementation;
-- default: ProQual's LayerNorm (one move to channels-last and the fused F.layer_norm kernel);
-- channels_last_3d: the default with the input and weights in channels_last_3d memory format;
+Variants measured side by side in one run (same weights, outputs checked against the reference), each
+adding one change to the one before:
+- reference: plain eager ConvNeXt-V2 as originally written: channels-first tensors, the channels-first
+  LayerNorm written out (mean / variance per voxel), GRN as gamma * (x * nx) + beta + x;
+- fused_layernorm: the channels-first LayerNorm as one move to channels-last and F.layer_norm;
+- channels_last_3d: the input in channels_last_3d memory format (oneDNN's fast depth-wise Conv3d);
+- default: ProQual's model as shipped: the above plus GRN as one fused pass (sum of squares over the
+  flattened spatial axes, addcmul);
 - compiled: torch.compile of the default (skipped with --no-compile).
 
     .venv/bin/python bench/bench_profound.py [--repeats 5] [--no-compile] [--cuda] [--finetune-throughput]
@@ -37,13 +40,50 @@ class ReferenceLayerNorm(torch.nn.Module):
         return self.weight[:, None, None, None] * x + self.bias[:, None, None, None]
 
 
-def reference_model(model):
-    ref = copy.deepcopy(model)
-    for down in ref.downsample_layers:
+class ReferenceGRN(torch.nn.Module):
+    """GRN as written in ConvNeXt-V2 (four full passes over x)."""
+
+    def __init__(self, grn: pc.GRN):
+        super().__init__()
+        self.gamma, self.beta = grn.gamma, grn.beta
+
+    def forward(self, x):
+        gx = torch.linalg.vector_norm(x, dim=(1, 2, 3), keepdim=True)
+        nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
+        return self.gamma * (x * nx) + self.beta + x
+
+
+class EagerConv(torch.nn.Module):
+    """The same weights run without ProQual's channels_last_3d conversion (the input's layout is kept)."""
+
+    def __init__(self, model: pc.ProFoundConv):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        m = self.model
+        for down, stage in zip(m.downsample_layers, m.stages, strict=True):
+            x = stage(down(x))
+        return m.norm(x.mean(dim=(-3, -2, -1)))
+
+
+def reference_grn(model):
+    for stage in model.stages:
+        for block in stage:
+            block.grn = ReferenceGRN(block.grn)
+    return model
+
+
+def reference_layernorm(model):
+    for down in model.downsample_layers:
         for i, m in enumerate(down):
             if isinstance(m, pc.LayerNorm) and m.data_format == "channels_first":
                 down[i] = ReferenceLayerNorm(m)
-    return ref
+    return model
+
+
+def reference_model(model):
+    return EagerConv(reference_layernorm(reference_grn(copy.deepcopy(model))))
 
 
 def timeit(fn, x, repeats, sync=lambda: None):
@@ -72,9 +112,13 @@ def main() -> None:
     with torch.inference_mode():
         want = reference_model(model)(x)
     rows = []
-    variants = {"reference": (reference_model(model), x), "default": (model, x)}
-    cl = copy.deepcopy(model).to(memory_format=torch.channels_last_3d)
-    variants["channels_last_3d"] = (cl, x.to(memory_format=torch.channels_last_3d))
+    fused_ln = EagerConv(reference_grn(copy.deepcopy(model)))
+    variants = {
+        "reference": (reference_model(model), x),
+        "fused_layernorm": (fused_ln, x),
+        "channels_last_3d": (fused_ln, x.contiguous(memory_format=torch.channels_last_3d)),
+        "default": (model, x),
+    }
     if not args.no_compile:
         t = time.perf_counter()
         compiled = torch.compile(copy.deepcopy(model))

@@ -244,8 +244,8 @@ def plot_grid(csv_path: Path, out: Path) -> None:
     n_max = max(k[1] for k in mean)
     fs = sorted({k[2] for k in mean})
     ts = sorted({k[3] for k in mean})
-    fig, axes = plt.subplots(1, len(inits), figsize=(4.6 * len(inits), 4), squeeze=False)
-    for ax, init in zip(axes[0], inits, strict=True):
+    fig, axes = plt.subplots(1, len(inits), figsize=(5.2 * len(inits), 4), squeeze=False)
+    for k, (ax, init) in enumerate(zip(axes[0], inits, strict=True)):
         grid = np.array([[mean.get((init, n_max, f, t), np.nan) for t in ts] for f in fs])
         im = ax.imshow(grid, vmin=0.4, vmax=1.0, cmap="viridis", origin="lower")
         for i in range(len(fs)):
@@ -254,7 +254,8 @@ def plot_grid(csv_path: Path, out: Path) -> None:
         ax.set_xticks(range(len(ts)), [f"{t:.2f}" for t in ts])
         ax.set_yticks(range(len(fs)), [f"{f:.2f}" for f in fs])
         ax.set_xlabel("test HQ fraction")
-        ax.set_ylabel("finetune HQ fraction")
+        if k == 0:  # one y label: the panels share the axis
+            ax.set_ylabel("finetune HQ fraction")
         ax.set_title(f"{init}, N={n_max}: AUROC")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
     fig.savefig(out / "heatmap.png", dpi=100, bbox_inches="tight")

@@ -3,9 +3,13 @@
 Input: a stack of S axial slices (B, S, 1, H, W) (see :mod:`proqual.quality.inputs`), a prompt
 (sequence kind and anatomy) and a mask of the real slices (B, S).
 
-1. A small 2D CNN (strided convolutions, batch norm, ReLU) encodes every slice; mean and
-   standard-deviation pooling keep both content and texture (noise, ringing) statistics. The prompt modulates the slice features (FiLM), so the
-   same weights learn what "good" looks like for T2W, ADC, HBV, or an unknown sequence (``OTHER``).
+1. A small 2D CNN (strided convolutions, batch norm, ReLU) encodes every slice together with its
+   differences to the neighbouring slices (2.5-D input: through-plane blur and slice-to-slice motion
+   show in those differences); mean and standard-deviation pooling of the last stage and of a
+   mid-resolution stage keep content, texture (noise, ringing) and low-frequency shading (bias field)
+   statistics. The prompt modulates the slice features (FiLM), so the same weights learn what "good"
+   looks like for T2W, ADC, HBV, or an unknown sequence (``OTHER``, also used during training by
+   prompt dropout so that it is a trained, generic prompt).
 2. A light inter-slice context (two residual 1D convolutions along the slice axis) lets each slice see
    its neighbours (through-plane blur, motion that varies across slices).
 3. Salient-slice assessment: per slice a quality in [0, 1] and a saliency logit; a masked softmax over
@@ -43,6 +47,10 @@ class QualityNetConfig:
     widths: tuple[int, ...] = (16, 32, 64, 96, 128)
     prompt_dim: int = 16
     n_piqual: int = 3
+    #: feed each slice with its differences to the previous and next slice (2.5-D input)
+    neighbours: bool = True
+    #: index of the encoder stage whose pooled features are added to the last stage's (None: last only)
+    mid_stage: int | None = 2
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -53,6 +61,9 @@ class QualityNetConfig:
     def from_dict(cls, d: dict) -> QualityNetConfig:
         d = dict(d)
         d["widths"] = tuple(d.get("widths", cls.widths))
+        # checkpoints written before these options existed used single-slice input, last stage only
+        d.setdefault("neighbours", False)
+        d.setdefault("mid_stage", None)
         return cls(**d)
 
 
@@ -67,8 +78,10 @@ class QualityNet(nn.Module):
         super().__init__()
         self.config = cfg = config or QualityNetConfig()
         w = cfg.widths
-        self.stages = nn.ModuleList([_block(1 if i == 0 else w[i - 1], w[i]) for i in range(len(w))])
-        self.embed_dim = e = w[-1] * 2  # mean and std pooling of the last stage
+        cin = 3 if cfg.neighbours else 1
+        self.stages = nn.ModuleList([_block(cin if i == 0 else w[i - 1], w[i]) for i in range(len(w))])
+        # mean and std pooling of the last stage (and of the mid stage)
+        self.embed_dim = e = 2 * (w[-1] + (w[cfg.mid_stage] if cfg.mid_stage is not None else 0))
         self.sequence_embedding = nn.Embedding(len(SEQUENCE_PROMPTS), cfg.prompt_dim)
         self.anatomy_embedding = nn.Embedding(len(ANATOMY_PROMPTS), cfg.prompt_dim)
         self.film = nn.Linear(cfg.prompt_dim, 2 * e)
@@ -94,10 +107,26 @@ class QualityNet(nn.Module):
         return torch.cat([flat.mean(2), (flat.var(2, unbiased=False) + 1e-6).sqrt()], 1)
 
     def encode_slices(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 1, H, W) -> (N, F) pooled slice features."""
-        for stage in self.stages:
+        """(N, C, H, W) -> (N, F) pooled slice features."""
+        pooled = []
+        for i, stage in enumerate(self.stages):
             x = stage(x)
-        return self._pool(x)
+            if i == self.config.mid_stage:
+                pooled.append(self._pool(x))
+        pooled.append(self._pool(x))
+        return torch.cat(pooled, 1)
+
+    @staticmethod
+    def with_neighbours(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, S, 1, H, W) -> (B, S, 3, H, W): each slice, its difference to the previous and to the next
+        real slice (zero at the ends of the stack and next to padded slices)."""
+        m = mask[:, :, None, None, None].to(x.dtype)
+        x = x * m
+        prev = torch.zeros_like(x)
+        nxt = torch.zeros_like(x)
+        prev[:, 1:] = (x[:, 1:] - x[:, :-1]) * m[:, :-1]
+        nxt[:, :-1] = (x[:, 1:] - x[:, :-1]) * m[:, 1:]
+        return torch.cat([x, prev * m, nxt * m], dim=2)
 
     def forward(
         self,
@@ -118,6 +147,8 @@ class QualityNet(nn.Module):
         mask = torch.ones((b, s), dtype=torch.bool, device=dev) if mask is None else mask.bool()
         prompt = self.sequence_embedding(sequence) + self.anatomy_embedding(anatomy)  # (B, P)
 
+        if self.config.neighbours:
+            x = self.with_neighbours(x, mask)
         h = self.norm(self.encode_slices(x.reshape(b * s, *x.shape[2:])).reshape(b, s, -1))
         gamma, beta = self.film(prompt).chunk(2, dim=-1)
         h = h * (1 + gamma[:, None]) + beta[:, None]

@@ -89,23 +89,32 @@ def simulate_samples(
     pair_fraction: float = 0.15,
     slice_size: int = SLICE_SIZE,
     pixel_mm: float | None = None,
+    gamma_range: tuple[float, float] | None = (0.6, 1.6),
 ) -> list[QualitySample]:
     """``n`` degraded versions of one clean volume with their targets (see module doc). ``gland`` is a
-    mask on the volume's grid (for the saliency target)."""
+    mask on the volume's grid (for the saliency target). ``gamma_range``: half of the samples start from
+    the clean volume with its contrast changed by an intensity power law (``(v / max) ** gamma * max``,
+    gamma drawn log-uniformly from the range), so the model does not learn one phantom contrast as
+    "clean"; ``None`` turns it off."""
     fams = A.families_for(sequence.value)
     target = "ADC" if sequence is Sequence.ADC else "HBV"
     out = []
+    top = float(volume.array.max())
     for _ in range(n):
         r = rng.random()
         seed = int(rng.integers(0, 2**31 - 1))
+        clean = volume.array
+        if gamma_range is not None and top > 0 and rng.random() < 0.5:
+            g = float(np.exp(rng.uniform(np.log(gamma_range[0]), np.log(gamma_range[1]))))
+            clean = (np.power(np.clip(volume.array, 0, None) / top, g) * top).astype(np.float32)
         if r < clean_fraction:
-            img, params, name = volume.array, [], "clean"
+            img, params, name = clean, [], "clean"
         else:
             k = 2 if r > 1 - pair_fraction else 1
             chosen = list(rng.choice(len(fams), size=k, replace=False))
             picked = [fams[i] for i in chosen]
             img, params = A.compose(
-                volume.array,
+                clean,
                 volume.spacing,
                 picked,
                 seed=seed,
@@ -179,6 +188,9 @@ class TrainConfig:
     w_piqual: float = 0.5
     w_params: float = 2.0
     w_saliency: float = 0.3
+    #: fraction of training samples whose prompt is replaced by OTHER, so that the OTHER prompt (used
+    #: for sequences the model does not know) is trained as a generic one
+    prompt_dropout: float = 0.2
     extra: dict = field(default_factory=dict)
 
 
@@ -234,6 +246,8 @@ def train(
     """Train ``model`` in place; returns the history. Keeps the weights of the best validation SRCC."""
     if not train_samples:
         raise ValidationError("train_samples", "no training samples")
+    from proqual.nets.quality_net import SEQUENCE_PROMPTS
+
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model.to(cfg.device)
@@ -247,6 +261,9 @@ def train(
         t0, totals, n = time.perf_counter(), {}, 0
         for chunk in _batches(train_samples, cfg.batch_size, rng):
             batch = _collate(chunk, cfg.device)
+            if cfg.prompt_dropout > 0:
+                drop = torch.from_numpy(rng.random(len(chunk)) < cfg.prompt_dropout).to(cfg.device)
+                batch["sequence"] = batch["sequence"].masked_fill(drop, SEQUENCE_PROMPTS[Sequence.OTHER])
             parts = losses(forward(model, batch), batch, cfg)
             opt.zero_grad(set_to_none=True)
             parts["total"].backward()

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path("model/quality.pt"),
         help="checkpoint path (default model/quality.pt)",
     )
-    parser.add_argument("--n-studies", type=int, default=32, help="phantom studies for training (default 32)")
+    parser.add_argument("--n-studies", type=int, default=40, help="phantom studies for training (default 40)")
     parser.add_argument(
         "--per-volume", type=int, default=12, help="degraded samples per sequence volume (default 12)"
     )
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--n-eval", type=int, default=6, help="held-out phantom studies for the family sweep (default 6)"
     )
     parser.add_argument("--preset", default="sample", help="phantom preset (default sample)")
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=30, help="upstream epochs (default 30)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)

@@ -150,6 +150,10 @@ def test_experiment_tiny_grid_and_resume(tmp_path, capsys):
     assert len(rows) == 2 * 2 * 2  # finetune fractions x inits x test fractions
     assert {r["init"] for r in rows} == {"pretrained", "scratch"}
     assert (tmp_path / "heatmap.png").stat().st_size > 1000 and (tmp_path / "label_efficiency.png").is_file()
+    summary = (tmp_path / "summary.md").read_text()
+    assert "N = 4:" in summary and summary.count("| 0.00 |") == 1 and "scratch 1.0" in summary
+    first = next(r for r in rows if r["finetune_hq_fraction"] == "0.0" and r["init"] == "pretrained")
+    assert f"{float(first['auroc']):.3f}" in summary.split("N = 4:")[1].splitlines()[4]
     capsys.readouterr()
     assert main(args) == 0  # resumes: nothing left to run
     assert "4 already done" in capsys.readouterr().out

@@ -59,7 +59,7 @@ class GridConfig:
     n_test: int = 24
     pretrain_studies: int = 48
     pretrain_epochs: int = 8
-    epochs: int = 10
+    epochs: int = 30
     batch_size: int = 4
     lr: float = 2e-3
     cohort_seed: int = 2026
@@ -220,6 +220,7 @@ def run_grid(cfg: GridConfig, out_dir: str | Path, *, log=print) -> Path:
             + f"  (ETA {eta / 60:.1f} min)"
         )
     plot_grid(csv_path, out)
+    write_summary(csv_path, out / "summary.md")
     return csv_path
 
 
@@ -231,6 +232,51 @@ def summarise(csv_path: Path) -> dict:
         key = (r["init"], int(r["n"]), float(r["finetune_hq_fraction"]), float(r["test_hq_fraction"]))
         agg.setdefault(key, []).append(float(r["auroc"]))
     return {k: float(np.nanmean(v)) for k, v in agg.items()}
+
+
+def write_summary(csv_path: Path, path: Path) -> Path:
+    """Markdown tables of the grid: per N, AUROC (mean +- sd over seeds) for every finetune HQ fraction
+    (rows) and init x test HQ fraction (columns); then the mean per init and N, and per init and
+    finetune HQ fraction, over everything else."""
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    cells: dict[tuple, list[float]] = {}
+    for r in rows:
+        key = (int(r["n"]), float(r["finetune_hq_fraction"]), r["init"], float(r["test_hq_fraction"]))
+        cells.setdefault(key, []).append(float(r["auroc"]))
+
+    def fmt(v: list[float]) -> str:
+        if not v:
+            return "-"
+        return f"{np.mean(v):.3f}" + (f" +- {np.std(v, ddof=1):.3f}" if len(v) > 1 else "")
+
+    ns = sorted({k[0] for k in cells})
+    fs = sorted({k[1] for k in cells})
+    inits = sorted({k[2] for k in cells})
+    ts = sorted({k[3] for k in cells})
+    n_seeds = len({r["seed"] for r in rows})
+    lines = [f"AUROC, mean +- sd over {n_seeds} seed(s); {len(rows)} rows of `{csv_path.name}`.", ""]
+    for n in ns:
+        cols = [(i, t) for i in inits for t in ts]
+        lines += [f"N = {n}:", ""]
+        lines.append("| finetune HQ \\ test HQ | " + " | ".join(f"{i} {t:.1f}" for i, t in cols) + " |")
+        lines.append("| --- " * (len(cols) + 1) + "|")
+        for f in fs:
+            lines.append(f"| {f:.2f} | " + " | ".join(fmt(cells.get((n, f, i, t), [])) for i, t in cols) + " |")
+        lines.append("")
+
+    def marginal(index: int, values) -> list[str]:
+        out = [f"| {'N' if index == 0 else 'finetune HQ'} | " + " | ".join(inits) + " |"]
+        out.append("| --- " * (len(inits) + 1) + "|")
+        for v in values:
+            per = [[a for k, vals in cells.items() if k[index] == v and k[2] == i for a in vals] for i in inits]
+            out.append(f"| {v} | " + " | ".join(fmt(p) for p in per) + " |")
+        return out + [""]
+
+    lines += ["Mean over finetune and test HQ fractions and seeds, by N:", ""] + marginal(0, ns)
+    lines += ["Mean over N, test HQ fractions and seeds, by finetune HQ fraction:", ""] + marginal(1, fs)
+    path.write_text("\n".join(lines))
+    return path
 
 
 def plot_grid(csv_path: Path, out: Path) -> None:

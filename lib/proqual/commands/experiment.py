@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--test-hq", type=_floats, default=(0.0, 0.5, 1.0), help="test HQ fractions (default 0,0.5,1)"
     )
     parser.add_argument("--seeds", type=_ints, default=(0, 1), help="seeds (default 0,1)")
-    parser.add_argument("--epochs", type=int, default=10, help="finetuning epochs per run (default 10)")
+    parser.add_argument("--epochs", type=int, default=30, help="finetuning epochs per run (default 30)")
     parser.add_argument(
         "--pool-size", type=int, default=64, help="phantom studies in the finetune pool (default 64)"
     )

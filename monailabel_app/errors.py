@@ -78,3 +78,26 @@ class UpstreamError(AppError):
     """A server the app depends on (DICOMweb/PACS) failed or is unreachable."""
 
     status = 502
+
+
+class ModelUnavailableError(AppError):
+    """A configured model whose checkpoint file does not exist (yet): nothing to run it with.
+
+    Its inference task stays registered and loads the checkpoint on the first request after the file
+    appears, so this is temporary (HTTP 503, not 404).
+    """
+
+    status = 503
+
+    def __init__(self, model: str, checkpoint, why: str | None = None):
+        self.model = model
+        self.checkpoint = str(checkpoint)
+        why = why or f"checkpoint {self.checkpoint} not found"
+        super().__init__(
+            f"model {model!r} is not available: {why}; it is served as soon as that file exists "
+            "(copy a checkpoint there or train the model: POST /train/" + model + ")",
+            kind="model",
+            name=model,
+            checkpoint=self.checkpoint,
+            available=False,
+        )

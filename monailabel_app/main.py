@@ -31,7 +31,7 @@ from proqual.errors import ProQualError  # noqa: E402
 
 from monailabel_app import registry  # noqa: E402
 from monailabel_app.config import ProQualConfig, parse_conf  # noqa: E402
-from monailabel_app.errors import NotFoundError  # noqa: E402
+from monailabel_app.errors import ModelUnavailableError, NotFoundError  # noqa: E402
 from monailabel_app.registry import ModelSpec  # noqa: E402
 
 log = logging.getLogger("monailabel_app")
@@ -53,7 +53,7 @@ class ProQualApp(MONAILabelApp):
             if spec.available:
                 log.info("model %s: checkpoint %s", spec.name, spec.checkpoint)
             else:
-                log.warning("model %s is unavailable: %s", spec.name, spec.reason)
+                log.warning("model %s is unavailable until its checkpoint exists: %s", spec.name, spec.reason)
         try:
             self._init_base(app_dir, studies, conf)
         except ProQualError as exc:
@@ -91,9 +91,9 @@ class ProQualApp(MONAILabelApp):
         return LocalStudyDatastore(self.studies, store=store)
 
     def init_infers(self) -> dict[str, Any]:
-        # TODO(inference helper, issue 5 §3): register factories for "quality", "pirads" and "isup" in
-        # monailabel_app.registry.INFERS; until then no model is served.
-        return registry.build(registry.INFERS, self, self.available_models())
+        # every configured model gets its task, with or without a checkpoint: the task loads the file on
+        # the first request after it appears (ReloadingModel) and answers 503 while it is missing
+        return registry.build(registry.INFERS, self, list(self.model_specs))
 
     def init_trainers(self) -> dict[str, Any]:
         # TODO(trainer helper, issue 5 §5): register factories in monailabel_app.registry.TRAINERS.
@@ -117,7 +117,7 @@ class ProQualApp(MONAILabelApp):
         """Raise :class:`NotFoundError` (HTTP 404) when no ``kind`` called ``name`` is served.
 
         ``kind``: "model", "trainer", "strategy" or "scoring method". A configured model whose
-        checkpoint is missing is reported with the reason.
+        checkpoint is missing is served (its task exists); :meth:`require_weights` tells it apart.
         """
         tables = {
             "model": self._infers,
@@ -129,17 +129,22 @@ class ProQualApp(MONAILabelApp):
         if name in table:
             return
         spec = self.model_specs.get(name) if kind == "model" else None
-        if spec is not None and not spec.available:
-            raise NotFoundError(kind, name, table, why=spec.reason)
         if spec is not None:
             raise NotFoundError(kind, name, table, why="no inference task is registered for it yet")
         raise NotFoundError(kind, name, table)
+
+    def require_weights(self, name: str) -> None:
+        """Raise :class:`ModelUnavailableError` (HTTP 503) while model ``name``'s checkpoint is missing."""
+        spec = self.model_specs.get(name)
+        if spec is not None and not spec.available:
+            raise ModelUnavailableError(name, spec.checkpoint, spec.reason)
 
     # -------------------------------------------------------------------------------------- requests
     def infer(self, request, datastore=None):
         model = request.get("model")
         if model:
             self.require("model", model)
+            self.require_weights(model)
         image = request.get("image")
         if isinstance(image, str) and image and not Path(image).exists():
             (datastore or self.datastore()).entry(image)  # unknown id -> 404 before any work

@@ -13,9 +13,11 @@ factory under their name in one of the tables below, from a module of this packa
 
 The app then serves ``{name: factory(app, name)}`` for
 
-- ``INFERS``: each configured model (``--conf models``) whose checkpoint exists; a missing checkpoint
-  makes the model *unavailable* (reported at start and in ``/info/``), never run with random weights;
-- ``TRAINERS``: each configured model (a trainer may start without a checkpoint);
+- ``INFERS``: each configured model (``--conf models``), whether or not its checkpoint exists yet. A
+  missing checkpoint makes the model *unavailable* (reported at start and in ``/info/``; an inference
+  answers 503 naming the file), never run with random weights; the task loads the checkpoint on the
+  first request after the file appears (copied there or published by a trainer), without a restart;
+- ``TRAINERS``: each configured model (a trainer may start without a checkpoint and publish the first);
 - ``STRATEGIES`` and ``SCORING``: every registered name.
 """
 
@@ -83,28 +85,30 @@ def build(table: dict[str, Factory], app: Any, names: Iterable[str]) -> dict[str
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A configured model: its checkpoint and whether it can be served."""
+    """A configured model and its checkpoint path. Availability is looked up on the file system each
+    time it is asked for, so a checkpoint that appears (or disappears) after the start is seen."""
 
     name: str
     checkpoint: Path
-    available: bool
-    reason: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.checkpoint.is_file()
+
+    @property
+    def reason(self) -> str | None:
+        """Why the model cannot be served now (None when it can)."""
+        return None if self.available else f"checkpoint {self.checkpoint} not found"
 
     def as_json(self) -> dict[str, Any]:
+        reason = self.reason
         return {
             "checkpoint": str(self.checkpoint),
-            "available": self.available,
-            **({"reason": self.reason} if self.reason else {}),
+            "available": reason is None,
+            **({"reason": reason} if reason else {}),
         }
 
 
 def model_specs(config) -> dict[str, ModelSpec]:
-    """One :class:`ModelSpec` per configured model; unavailable when the checkpoint file is missing."""
-    specs = {}
-    for name in config.models:
-        ckpt = Path(config.checkpoint(name))
-        if ckpt.is_file():
-            specs[name] = ModelSpec(name, ckpt, True)
-        else:
-            specs[name] = ModelSpec(name, ckpt, False, f"checkpoint {ckpt} not found")
-    return specs
+    """One :class:`ModelSpec` per configured model (unavailable while its checkpoint file is missing)."""
+    return {name: ModelSpec(name, Path(config.checkpoint(name))) for name in config.models}

@@ -34,6 +34,14 @@ class ProQualScoring(ScoringMethod):
                 "skipped": {},
                 "note": f"model {self.task} is not served",
             }
+        spec = self.app.model_specs.get(self.task)
+        if spec is not None and not spec.available:  # served, but no checkpoint yet
+            return {
+                "method": self.name,
+                "scored": [],
+                "skipped": {},
+                "note": f"model {self.task} is not available: {spec.reason}",
+            }
         force = str(request.get("force", "false")).lower() in ("1", "true", "yes")
         scored, skipped, kept = [], {}, 0
         for anchor in datastore.anchor_ids():

@@ -37,7 +37,9 @@ def ensure_scored(app, anchor: str, task: str) -> dict[str, Any]:
     key = {"quality": "quality_score", "pirads": "uncertainty"}[task]
     ds = app.datastore()
     info = ds.get_image_info(anchor)
-    if info.get(key) is None and task in getattr(app, "_infers", {}):
+    spec = app.model_specs.get(task)
+    servable = task in getattr(app, "_infers", {}) and spec is not None and spec.available
+    if info.get(key) is None and servable:
         try:
             app._infers[task]({"proqual_image_id": anchor})
         except Exception as exc:  # noqa: BLE001 - the study stays unscored, with the reason logged

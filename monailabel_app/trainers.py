@@ -9,9 +9,14 @@ the task; ``GET /train/`` shows its status and the last lines it printed. Each t
 2. builds the quality-stratified finetune set with :func:`proqual.stratify.build_finetune_set`
    (``target_hq_fraction`` a request option, default from ``--conf``; quality stratum from the expert
    study PI-QUAL, else the stored quality score);
-3. finetunes from the currently published checkpoint with the same code as ``proqual finetune``
-   (:func:`proqual.classify.finetune.finetune`) or, for quality, :func:`proqual.quality.training.train`
-   on the expert PI-QUAL ratings;
+3. finetunes from the currently published checkpoint (or, when there is none yet, from a new small-cpu
+   classifier / quality model, which then publishes the first checkpoint) with the same code as
+   ``proqual finetune`` (:func:`proqual.classify.finetune.finetune`) or, for quality,
+   :func:`proqual.quality.training.train` on the expert PI-QUAL ratings. The classifiers train
+   data-parallel (DistributedDataParallel, one process per GPU, NCCL) when the request's ``multi_gpu``
+   (MONAI Label's key, default true) selects more than one CUDA device (``gpus``: "all" or a comma list
+   of indices, as in MONAI Label); otherwise, e.g. on a machine without GPUs, they train on one process.
+   Either way the run's ``multi_gpu`` entry says what was used and why;
 4. validates (a held-out part when there are enough studies, else the training set, said so);
 5. publishes the new checkpoint atomically to the configured path (the infer tasks hot-reload it) and
    writes the run's summary to ``<store>/train/<model>.json``, shown by ``/info/`` as ``train_stats``.
@@ -63,6 +68,95 @@ def _int(request: dict, key: str, default: int, lo: int, hi: int) -> int:
     if not lo <= value <= hi:
         raise ValidationError(key, f"must be in [{lo}, {hi}], got {value}")
     return value
+
+
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def _bool(request: dict, key: str, default: bool) -> bool:
+    value = request.get(key, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    word = value.strip().lower() if isinstance(value, str) else None
+    if word in _TRUE or word in _FALSE:
+        return word in _TRUE
+    raise ValidationError(key, f"must be true or false, got {value!r}")
+
+
+def _gpu_ids(value: Any, n_cuda: int) -> list[int]:
+    """MONAI Label's ``gpus``: "all" (or empty) -> every visible GPU, "0,2" (or a list) -> those."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "all")):
+        return list(range(n_cuda))
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        ids = [int(str(p).strip()) for p in parts]
+    except (TypeError, ValueError):
+        raise ValidationError(
+            "gpus", f'must be "all" or a comma list of GPU indices, got {value!r}'
+        ) from None
+    if len(set(ids)) != len(ids) or any(i < 0 for i in ids):
+        raise ValidationError("gpus", f"GPU indices must be distinct and >= 0, got {value!r}")
+    return ids
+
+
+def gpu_plan(request: dict, device: str, n_train: int) -> dict[str, Any]:
+    """How a classifier trainer runs: ``used`` (DDP or not), ``world_size``, ``devices``, ``backend`` and
+    a ``note`` saying why. DDP needs ``multi_gpu`` true, ``--conf device`` CUDA, at least two of the
+    selected GPUs and two training studies per GPU (fewer GPUs are used when the set is small)."""
+    requested = _bool(request, "multi_gpu", True)
+    gpus = request.get("gpus", "all")
+    plan: dict[str, Any] = {
+        "requested": requested,
+        "gpus": gpus,
+        "used": False,
+        "world_size": 1,
+        "devices": [device],
+        "backend": None,
+    }
+    if not requested:
+        plan["note"] = f"multi_gpu false: trained on one process ({device})"
+        return plan
+    import torch
+
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    ids = _gpu_ids(gpus, n_cuda)
+    why = None
+    if n_cuda == 0:
+        why = "this machine has no CUDA device"
+    elif not device.startswith("cuda"):
+        why = f"--conf device is {device}"
+    elif len(ids) < 2:
+        why = f"only {len(ids)} CUDA device selected (gpus={gpus!r}, {n_cuda} visible)"
+    elif n_train < 4:
+        why = f"{n_train} training studies are too few to split (2 per GPU needed)"
+    if why is None:
+        missing = [i for i in ids if i >= n_cuda]
+        if missing:
+            raise ValidationError(
+                "gpus", f"GPU {missing[0]} does not exist ({n_cuda} visible: 0..{n_cuda - 1})"
+            )
+        ids = ids[: n_train // 2]
+        plan.update(
+            used=True,
+            world_size=len(ids),
+            devices=[f"cuda:{i}" for i in ids],
+            backend="nccl",
+            note=f"DistributedDataParallel on {len(ids)} GPUs ({', '.join(map(str, ids))}); batch_size per GPU",
+        )
+        return plan
+    plan["note"] = f"multi_gpu requested, but {why}: trained on one process ({device})"
+    return plan
+
+
+def _slim(history: dict[str, Any]) -> dict[str, Any]:
+    """The finetune result for the stats file: per-rank sample counts and digests, not every index."""
+    dist = history.get("distributed")
+    if not dist or "ranks" not in dist:
+        return history
+    ranks = [{k: v for k, v in r.items() if k != "seen"} for r in dist["ranks"]]
+    return {**history, "distributed": {**dist, "ranks": ranks}}
 
 
 def stratified_size(n_hq: int, n_lq: int, target: float) -> int:
@@ -175,6 +269,11 @@ class ClassifierTrainer(ProQualTrainer):
 
     task = "pirads"
 
+    def config(self) -> dict[str, Any]:
+        out = super().config()
+        out.update(multi_gpu=True, gpus="all")  # MONAI Label's keys and defaults
+        return out
+
     def scheme_name(self) -> str:
         if self.task == "pirads":
             return self.app.config.pirads_scheme
@@ -214,6 +313,7 @@ class ClassifierTrainer(ProQualTrainer):
         from proqual.cache import StudyCache
         from proqual.checkpoints import checkpoint_version, save_checkpoint
         from proqual.classify.data import INPUTS
+        from proqual.classify.distributed import finetune_distributed
         from proqual.classify.finetune import Example, FinetuneConfig, evaluate, finetune
         from proqual.labels import get_scheme
         from proqual.stratify import PoolItem, build_finetune_set
@@ -263,7 +363,11 @@ class ClassifierTrainer(ProQualTrainer):
         n_val = int(round(len(examples) * val_fraction)) if len(examples) >= 6 else 0
         val = examples[len(examples) - n_val :] if n_val else []
         train = examples[: len(examples) - n_val]
+        plan = gpu_plan(request, self.app.device, len(train))
+        log.info("%s: %s", self.name, plan["note"])
+        _emit("PROGRESS", {"stage": "devices", "model": self.name, **plan})
         cfg = FinetuneConfig(
+            mode="scratch" if source == "scratch" else "full",  # no layer-wise decay without pretraining
             epochs=epochs,
             batch_size=min(batch, len(train)),
             lr=lr,
@@ -276,7 +380,21 @@ class ClassifierTrainer(ProQualTrainer):
         def progress(row: dict) -> None:
             _emit("PROGRESS", {"stage": "epoch", "model": self.name, "max_epochs": epochs, **row})
 
-        history = finetune(model, train, scheme=scheme, cfg=cfg, val=val or None, progress=progress)
+        if plan["used"]:
+            history = finetune_distributed(
+                model,
+                train,
+                scheme=scheme,
+                cfg=cfg,
+                val=val or None,
+                progress=progress,
+                world_size=plan["world_size"],
+                backend=plan["backend"],
+                devices=plan["devices"],
+            )
+        else:
+            history = finetune(model, train, scheme=scheme, cfg=cfg, val=val or None, progress=progress)
+        history = _slim(history)
         metrics = evaluate(model, val or train, scheme, device=self.app.device)
         meta = {
             "task": self.task,
@@ -297,6 +415,7 @@ class ClassifierTrainer(ProQualTrainer):
             "metrics_on": meta["metrics_on"],
             "n_train": len(train),
             "n_val": len(val),
+            "multi_gpu": plan,
             "history": _jsonable(history),
         }
 
@@ -370,6 +489,16 @@ class QualityTrainer(ProQualTrainer):
         def progress(row: dict) -> None:
             _emit("PROGRESS", {"stage": "epoch", "model": self.name, "max_epochs": epochs, **_jsonable(row)})
 
+        multi = None
+        if _bool(request, "multi_gpu", False):
+            multi = {
+                "requested": True,
+                "used": False,
+                "world_size": 1,
+                "devices": [self.app.device],
+                "note": f"the quality trainer has no data-parallel mode: trained on one process ({self.app.device})",
+            }
+            _emit("PROGRESS", {"stage": "devices", "model": self.name, **multi})
         history = train_quality(model, train, cfg=cfg, val_samples=val or None, progress=progress)
         metrics = _jsonable(evaluate(model, val or train, device=self.app.device))
         meta = {
@@ -392,6 +521,7 @@ class QualityTrainer(ProQualTrainer):
             "metrics_on": "validation" if val else "training set (too few samples to hold out)",
             "n_train": len(train),
             "n_val": len(val),
+            **({"multi_gpu": multi} if multi else {}),
             "history": _jsonable(history),
         }
 

@@ -125,3 +125,33 @@ def test_unknown_trainer_is_404(server):
     r = server.post("/train/gleason", json={})
     assert r.status_code == 404 and "gleason" in r.text
     assert server.alive()
+
+
+def test_gpu_plan_follows_multi_gpu_and_gpus(monkeypatch):
+    """How a classifier trainer picks DDP from MONAI Label's ``multi_gpu``/``gpus`` options (in-process;
+    the number of CUDA devices is patched, this machine may have none)."""
+    import torch
+    from proqual.errors import ValidationError
+
+    from monailabel_app.trainers import gpu_plan
+
+    def gpus(n: int) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+
+    gpus(0)
+    plan = gpu_plan({"multi_gpu": True}, "cpu", 10)
+    assert not plan["used"] and plan["world_size"] == 1 and "no CUDA device" in plan["note"]
+    assert "one process" in plan["note"]
+    gpus(4)
+    plan = gpu_plan({}, "cuda", 10)  # multi_gpu defaults to true, gpus to "all", as in MONAI Label
+    assert plan["used"] and plan["devices"] == [f"cuda:{i}" for i in range(4)] and plan["backend"] == "nccl"
+    assert gpu_plan({"gpus": "1,3"}, "cuda", 10)["devices"] == ["cuda:1", "cuda:3"]
+    assert gpu_plan({"gpus": "all"}, "cuda", 5)["world_size"] == 2  # 2 studies per GPU at least
+    assert not gpu_plan({"gpus": "all"}, "cuda", 3)["used"]
+    assert not gpu_plan({"gpus": "2"}, "cuda", 10)["used"]
+    assert not gpu_plan({"multi_gpu": "false"}, "cuda", 10)["used"]
+    assert "--conf device is cpu" in gpu_plan({"multi_gpu": "true"}, "cpu", 10)["note"]
+    for bad in ({"gpus": "0,7"}, {"gpus": "a,b"}, {"gpus": "1,1"}, {"multi_gpu": "maybe"}):
+        with pytest.raises(ValidationError):
+            gpu_plan(bad, "cuda", 10)

@@ -262,14 +262,18 @@ def write_summary(csv_path: Path, path: Path) -> Path:
         lines.append("| finetune HQ \\ test HQ | " + " | ".join(f"{i} {t:.1f}" for i, t in cols) + " |")
         lines.append("| --- " * (len(cols) + 1) + "|")
         for f in fs:
-            lines.append(f"| {f:.2f} | " + " | ".join(fmt(cells.get((n, f, i, t), [])) for i, t in cols) + " |")
+            lines.append(
+                f"| {f:.2f} | " + " | ".join(fmt(cells.get((n, f, i, t), [])) for i, t in cols) + " |"
+            )
         lines.append("")
 
     def marginal(index: int, values) -> list[str]:
         out = [f"| {'N' if index == 0 else 'finetune HQ'} | " + " | ".join(inits) + " |"]
         out.append("| --- " * (len(inits) + 1) + "|")
         for v in values:
-            per = [[a for k, vals in cells.items() if k[index] == v and k[2] == i for a in vals] for i in inits]
+            per = [
+                [a for k, vals in cells.items() if k[index] == v and k[2] == i for a in vals] for i in inits
+            ]
             out.append(f"| {v} | " + " | ".join(fmt(p) for p in per) + " |")
         return out + [""]
 

@@ -14,7 +14,10 @@ DESCRIPTION = (
     "validation metrics. Data: --phantoms N (phantom cohort; --lq-fraction of them degraded by the artifact "
     "simulator) or PATH (a PI-CAI/flat folder with labels). Initialisation: --init CHECKPOINT (an official "
     "ProFound FCMAE or classifier checkpoint, or ours), --pretrain (FCMAE-style pretraining on the training "
-    "images first), or neither (from scratch)."
+    "images first), or neither (from scratch). --world-size N trains data-parallel (DistributedDataParallel) on "
+    "N processes on this machine: one per GPU with --device cuda (NCCL), or N CPU processes (gloo); every "
+    "rank trains on a disjoint shard of each epoch's stratified order, --batch-size is per rank, and the "
+    "checkpoint is written once."
 )
 
 
@@ -56,6 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--world-size",
+        type=int,
+        default=1,
+        metavar="N",
+        help="data-parallel training (DDP) on N processes: with --device cuda one per GPU (cuda:0..N-1, "
+        "NCCL), else N CPU processes (gloo); --batch-size is per process (default 1: no DDP)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="checkpoint path, e.g. model/pirads.pt")
     parser.add_argument(
         "--cache", type=Path, default=Path("runs/cache"), help="preprocessed-input cache folder"
@@ -69,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     from proqual.checkpoints import load_checkpoint, save_checkpoint
     from proqual.classify.data import INPUTS, phantom_examples, study_tensor
+    from proqual.classify.distributed import finetune_distributed, rank_devices
     from proqual.classify.finetune import Example, FinetuneConfig, finetune
     from proqual.classify.infer import build_classifier, classifier_config
     from proqual.errors import ValidationError
@@ -76,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     from proqual.stratify import FinetuneSet, PoolItem, assign_stratum
 
     t0 = time.time()
+    if args.world_size < 1:
+        raise ValidationError("--world-size", f"must be at least 1, got {args.world_size}")
+    devices = rank_devices(args.world_size, args.device) if args.world_size > 1 else None
     scheme = get_scheme(args.scheme)
     inputs = INPUTS[args.inputs or ("small" if args.preset == "small-cpu" else "profound")]
     log = lambda m: print(m, flush=True)  # noqa: E731
@@ -157,16 +172,31 @@ def run(args: argparse.Namespace) -> int:
     log(
         f"finetune set: {comp['n_drawn']} studies, HQ {comp['hq']} / LQ {comp['lq']}, classes {comp['per_class']}"
     )
-    res = finetune(
-        model,
-        train,
-        scheme=scheme,
-        cfg=cfg,
-        val=val,
-        progress=lambda r: log(
+
+    def progress(r: dict) -> None:
+        log(
             f"epoch {r['epoch']}: loss {r['loss']:.4f}  val AUROC {r.get('val_auroc', float('nan')):.3f}  ({r['seconds']} s)"
-        ),
-    )
+        )
+
+    if devices:
+        log(f"data-parallel: {args.world_size} processes on {', '.join(devices)}")
+        res = finetune_distributed(
+            model,
+            train,
+            scheme=scheme,
+            cfg=cfg,
+            val=val,
+            world_size=args.world_size,
+            devices=devices,
+            progress=progress,
+        )
+        d = res["distributed"]
+        log(
+            f"data-parallel: {d['world_size']} ranks ({d['backend']}), studies per rank {d['samples_per_rank']}, "
+            f"parameters identical across ranks: {'yes' if d['parameters_identical'] else 'NO'}"
+        )
+    else:
+        res = finetune(model, train, scheme=scheme, cfg=cfg, val=val, progress=progress)
     from proqual.classify.finetune import evaluate
 
     metrics = evaluate(model, val, scheme, device=args.device)

@@ -157,3 +157,57 @@ def test_experiment_tiny_grid_and_resume(tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0  # resumes: nothing left to run
     assert "4 already done" in capsys.readouterr().out
+
+
+def test_experiment_on_real_layout_data_with_model_strata(tmp_path, capsys):
+    """The grid on labeled PI-CAI-layout studies (sample-data): strata from the quality model (no expert
+    PI-QUAL in that marksheet), a deterministic disjoint finetune/test split, --init for 'pretrained'."""
+    from pathlib import Path
+
+    from proqual.classify.data import INPUTS
+    from proqual.classify.experiment import GridConfig, _real_pools
+
+    repo = Path(__file__).resolve().parents[1]
+    data, quality = str(repo / "sample-data" / "picai"), str(repo / "model" / "quality.pt")
+    cfg = GridConfig(data=(data,), quality_checkpoint=quality, hq_threshold=0.5, test_fraction=0.4)
+    scheme = get_scheme("pirads_ge4")
+    pool, test = _real_pools(cfg, scheme, INPUTS["small"], lambda m: None, lambda label: None)
+    ids_pool, ids_test = {e.study_id for e in pool}, {e.study_id for e in test}
+    assert not ids_pool & ids_test and len(ids_pool | ids_test) == 8
+    assert {e.stratum for e in pool + test} <= {"HQ", "LQ"}
+    again = _real_pools(cfg, scheme, INPUTS["small"], lambda m: None, lambda label: None)
+    assert {e.study_id for e in again[1]} == ids_test  # the same split every time (resumable)
+
+    args = [
+        "experiment",
+        data,
+        "--out",
+        str(tmp_path),
+        "--quality-checkpoint",
+        quality,
+        "--hq-threshold",
+        "0.5",
+        "--init",
+        str(repo / "model" / "pirads.pt"),
+        "--sizes",
+        "4",
+        "--finetune-hq",
+        "0,1",
+        "--test-hq",
+        "0.5",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--n-test",
+        "3",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "8 labeled studies; strata: 0 expert PI-QUAL, 8 quality model" in out
+    with open(tmp_path / "runs.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4 and {r["init"] for r in rows} == {"pretrained", "scratch"}
+    assert all(int(r["n_test"]) == 3 for r in rows)
+    config = (tmp_path / "config.json").read_text()
+    assert "pirads.pt" in config and "picai" in config

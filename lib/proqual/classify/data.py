@@ -111,3 +111,52 @@ def phantom_examples(
         if progress:
             progress(k + 1, len(indices))
     return out
+
+
+def study_examples(
+    studies: list[Study],
+    *,
+    scheme: Scheme,
+    inputs: InputConfig,
+    quality_checkpoint: str | Path | None = None,
+    hq_threshold: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[Example], dict[str, int]]:
+    """Labeled real studies as examples with a quality stratum, and counts of what was used.
+
+    The stratum comes from the study's expert PI-QUAL v2 when present (3 = HQ), else from the quality
+    model of ``quality_checkpoint`` (study score = the minimum of the sequence scores, HQ when
+    >= ``hq_threshold``, default :data:`proqual.stratify.DEFAULT_HQ_THRESHOLD`), else it stays
+    ``unknown`` (such studies are left out of stratified sets, and said so). Studies without a label for
+    ``scheme`` are skipped. Returns ``(examples, counts)`` with counts ``unlabeled``, ``expert``,
+    ``model`` and ``unknown``."""
+    from proqual.stratify import DEFAULT_HQ_THRESHOLD, assign_stratum
+
+    threshold = DEFAULT_HQ_THRESHOLD if hq_threshold is None else hq_threshold
+    qmodel = None
+    if quality_checkpoint is not None:
+        from proqual.quality.scoring import load_quality_model
+
+        qmodel = load_quality_model(quality_checkpoint)
+    out: list[Example] = []
+    counts = {"unlabeled": 0, "expert": 0, "model": 0, "unknown": 0}
+    for k, s in enumerate(studies, start=1):
+        label = scheme.encode(s.labels)
+        if label is None:
+            counts["unlabeled"] += 1
+        else:
+            expert = s.labels.piqual.get("study") if s.labels.piqual else None
+            score = None
+            if expert is None and qmodel is not None:
+                from proqual.quality.scoring import score_study
+
+                q = score_study(qmodel, s)
+                score = min(v.score for v in q.sequences.values())
+            stratum, source = assign_stratum(
+                expert_piqual=expert, quality_score=score, hq_threshold=threshold
+            )
+            counts[source if source != "none" else "unknown"] += 1
+            out.append(Example(s.study_id, study_tensor(s, inputs), label, stratum))
+        if progress:
+            progress(k, len(studies))
+    return out, counts

@@ -26,6 +26,7 @@ import torch
 
 from proqual.classify.data import INPUTS, phantom_examples
 from proqual.classify.finetune import FinetuneConfig, evaluate, finetune
+from proqual.errors import ValidationError
 from proqual.labels import get_scheme
 from proqual.stratify import PoolItem, build_finetune_set
 
@@ -66,6 +67,15 @@ class GridConfig:
     preset: str = "small-cpu"
     inputs: str = "small"
     device: str = "cpu"
+    #: real data instead of the phantom cohort: labeled PI-CAI/flat folders (see :func:`_real_pools`)
+    data: tuple[str, ...] = ()
+    #: fraction of the real studies held out as the test pool
+    test_fraction: float = 0.4
+    #: the "pretrained" initialisation: a checkpoint (official ProFound or ProQual layout); without it,
+    #: FCMAE-style pretraining (on HQ phantoms, or on the real finetune pool's images)
+    init_checkpoint: str | None = None
+    quality_checkpoint: str | None = None
+    hq_threshold: float | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -73,7 +83,77 @@ def _pool(examples) -> list[PoolItem]:
     return [PoolItem(e.study_id, e.label, e.stratum) for e in examples]
 
 
-def _pretrained_encoder(cfg: GridConfig, out: Path, log) -> Path:
+def _phantom_pools(cfg: GridConfig, scheme, inputs, out: Path, bar):
+    """Finetune pool (even indices HQ, odd LQ: both strata hold every label of the phantom schedule)
+    and a disjoint test pool of the same make-up."""
+    pool_idx = list(range(cfg.pool_size))
+    test_idx = list(range(100_000, 100_000 + cfg.test_pool_size))
+    pool_ex = phantom_examples(
+        pool_idx,
+        seed=cfg.cohort_seed,
+        lq={i for i in pool_idx if i % 2},
+        scheme=scheme,
+        inputs=inputs,
+        cache_dir=out / "cache",
+        progress=bar("finetune pool"),
+    )
+    test_ex = phantom_examples(
+        test_idx,
+        seed=cfg.cohort_seed,
+        lq={i for i in test_idx if i % 2},
+        scheme=scheme,
+        inputs=inputs,
+        cache_dir=out / "cache",
+        progress=bar("test pool"),
+    )
+    return pool_ex, test_ex
+
+
+def _real_pools(cfg: GridConfig, scheme, inputs, log, bar):
+    """Labeled real studies (``cfg.data``) with their quality strata, split into a finetune pool and a
+    disjoint test pool: within each (stratum, class) the studies, in study-id order, go to the test pool
+    at the rate ``cfg.test_fraction`` (deterministic, so a resumed run gets the same split)."""
+    from proqual.classify.data import study_examples
+    from proqual.io.layouts import load_studies
+
+    if not 0.0 < cfg.test_fraction < 1.0:
+        raise ValidationError("test_fraction", f"must be in (0, 1), got {cfg.test_fraction}")
+    examples, counts = study_examples(
+        load_studies(list(cfg.data)),
+        scheme=scheme,
+        inputs=inputs,
+        quality_checkpoint=cfg.quality_checkpoint,
+        hq_threshold=cfg.hq_threshold,
+        progress=bar("reading and preprocessing studies"),
+    )
+    log(
+        f"{len(examples)} labeled studies; strata: {counts['expert']} expert PI-QUAL, {counts['model']} "
+        f"quality model, {counts['unknown']} unknown (left out); {counts['unlabeled']} without a label"
+    )
+    known = [e for e in examples if e.stratum in ("HQ", "LQ")]
+    if len(known) < 4:
+        raise ValidationError(
+            "data", f"need at least 4 labeled studies with a known quality stratum, got {len(known)}"
+        )
+    pool, test = [], []
+    groups: dict[tuple, list] = {}
+    for e in sorted(known, key=lambda e: e.study_id):
+        groups.setdefault((e.stratum, e.label), []).append(e)
+    for members in groups.values():
+        n_test = 0
+        for k, e in enumerate(members):
+            # to the test pool whenever its running share falls behind the target
+            if n_test < round((k + 1) * cfg.test_fraction):
+                test.append(e)
+                n_test += 1
+            else:
+                pool.append(e)
+    if not pool or not test:
+        raise ValidationError("data", f"too few studies to split into finetune and test pools ({len(known)})")
+    return pool, test
+
+
+def _pretrained_encoder(cfg: GridConfig, out: Path, log, images=None) -> Path:
     from proqual.checkpoints import save_checkpoint
     from proqual.classify.pretrain import pretrain_fcmae
     from proqual.nets.profound_conv import profound_conv
@@ -82,19 +162,22 @@ def _pretrained_encoder(cfg: GridConfig, out: Path, log) -> Path:
     if path.is_file():
         log(f"pretrained encoder: reusing {path}")
         return path
-    idx = list(range(200_000, 200_000 + cfg.pretrain_studies))
-    scheme = get_scheme(cfg.scheme)
-    images = [
-        e.image
-        for e in phantom_examples(
-            idx,
-            seed=cfg.cohort_seed,
-            lq=set(),
-            scheme=scheme,
-            inputs=INPUTS[cfg.inputs],
-            cache_dir=out / "cache",
-        )
-    ]
+    data_desc = "the real finetune pool's images (labels unused)"
+    if images is None:
+        idx = list(range(200_000, 200_000 + cfg.pretrain_studies))
+        scheme = get_scheme(cfg.scheme)
+        images = [
+            e.image
+            for e in phantom_examples(
+                idx,
+                seed=cfg.cohort_seed,
+                lq=set(),
+                scheme=scheme,
+                inputs=INPUTS[cfg.inputs],
+                cache_dir=out / "cache",
+            )
+        ]
+        data_desc = f"{len(idx)} HQ phantom studies from index 200000"
     torch.manual_seed(0)
     enc = profound_conv(cfg.preset)
     hist = pretrain_fcmae(
@@ -107,7 +190,7 @@ def _pretrained_encoder(cfg: GridConfig, out: Path, log) -> Path:
     save_checkpoint(
         enc,
         path,
-        meta={"pretraining": hist, "data": f"{len(idx)} HQ phantom studies from index 200000"},
+        meta={"pretraining": hist, "data": data_desc},
         config={"backbone": "profound-conv", "preset": cfg.preset},
     )
     return path
@@ -135,33 +218,22 @@ def run_grid(cfg: GridConfig, out_dir: str | Path, *, log=print) -> Path:
     scheme = get_scheme(cfg.scheme)
     inputs = INPUTS[cfg.inputs]
     t0 = time.time()
-    # finetune pool: even indices HQ, odd LQ (both strata hold every label of the phantom schedule)
-    pool_idx = list(range(cfg.pool_size))
-    test_idx = list(range(100_000, 100_000 + cfg.test_pool_size))
 
     def bar(label):
         return lambda i, n: log(f"{label}: {i}/{n}") if i == n or i % 16 == 0 else None
 
-    pool_ex = phantom_examples(
-        pool_idx,
-        seed=cfg.cohort_seed,
-        lq={i for i in pool_idx if i % 2},
-        scheme=scheme,
-        inputs=inputs,
-        cache_dir=out / "cache",
-        progress=bar("finetune pool"),
-    )
-    test_ex = phantom_examples(
-        test_idx,
-        seed=cfg.cohort_seed,
-        lq={i for i in test_idx if i % 2},
-        scheme=scheme,
-        inputs=inputs,
-        cache_dir=out / "cache",
-        progress=bar("test pool"),
-    )
+    if cfg.data:
+        pool_ex, test_ex = _real_pools(cfg, scheme, inputs, log, bar)
+    else:
+        pool_ex, test_ex = _phantom_pools(cfg, scheme, inputs, out, bar)
     by_id = {e.study_id: e for e in pool_ex + test_ex}
-    encoder_path = _pretrained_encoder(cfg, out, log) if "pretrained" in cfg.inits else None
+    encoder_path = None
+    if "pretrained" in cfg.inits:
+        encoder_path = (
+            Path(cfg.init_checkpoint)
+            if cfg.init_checkpoint
+            else _pretrained_encoder(cfg, out, log, images=[e.image for e in pool_ex] if cfg.data else None)
+        )
     csv_path = out / "runs.csv"
     done = _done(csv_path)
     combos = list(itertools.product(cfg.sizes, cfg.finetune_hq, cfg.inits, cfg.seeds))
@@ -170,6 +242,8 @@ def run_grid(cfg: GridConfig, out_dir: str | Path, *, log=print) -> Path:
     for k, (n, f, init, seed) in enumerate(todo, start=1):
         t_run = time.time()
         fs = build_finetune_set(_pool(pool_ex), n=n, hq_fraction=f, seed=seed)
+        for w in fs.warnings:
+            log(f"N={n} finetune HQ={f:.2f} seed {seed}: {w}")
         train = [by_id[i] for i in fs.study_ids]
         torch.manual_seed(seed)
         model = Classifier(profound_conv(cfg.preset), scheme.n_classes)

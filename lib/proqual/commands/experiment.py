@@ -25,6 +25,15 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from proqual.commands.finetune import add_stratum_arguments
+
+    parser.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="labeled PI-CAI or flat folders: run the grid on real data (split into finetune and test "
+        "pools, see --test-fraction) instead of the phantom cohort",
+    )
     parser.add_argument(
         "--out", type=Path, default=Path("runs/experiment"), help="output folder (default runs/experiment)"
     )
@@ -52,6 +61,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--pretrain-epochs", type=int, default=8, help="pretraining epochs (default 8)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--preset",
+        default="small-cpu",
+        help="ProFound-Conv preset: small-cpu (default) or tiny (ProFound's; use a GPU)",
+    )
+    parser.add_argument(
+        "--inputs",
+        help="input grid: small (3 x 32 x 96 x 96) or profound (3 x 64 x 224 x 224); default: small for "
+        "small-cpu, profound otherwise",
+    )
+    parser.add_argument(
+        "--init",
+        help="checkpoint for the 'pretrained' runs (official ProFound FCMAE or finetuned layout, or ProQual's); "
+        "default: FCMAE-style pretraining on HQ phantoms (or on the real finetune pool with PATH)",
+    )
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.4,
+        help="with PATH: share of the studies held out as the test pool, per stratum and class (default 0.4)",
+    )
+    add_stratum_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,6 +103,13 @@ def run(args: argparse.Namespace) -> int:
         pretrain_studies=args.pretrain_studies,
         pretrain_epochs=args.pretrain_epochs,
         device=args.device,
+        preset=args.preset,
+        inputs=args.inputs or ("small" if args.preset == "small-cpu" else "profound"),
+        data=tuple(str(p) for p in args.paths),
+        test_fraction=args.test_fraction,
+        init_checkpoint=args.init,
+        quality_checkpoint=None if args.quality_checkpoint is None else str(args.quality_checkpoint),
+        hq_threshold=args.hq_threshold,
     )
     csv_path = run_grid(cfg, args.out, log=lambda m: print(m, flush=True))
     print(f"wrote {csv_path}, {args.out / 'heatmap.png'}, {args.out / 'label_efficiency.png'}")

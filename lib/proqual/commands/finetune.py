@@ -21,6 +21,21 @@ DESCRIPTION = (
 )
 
 
+def add_stratum_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options for the quality stratum of real studies (shared with ``proqual experiment``)."""
+    parser.add_argument(
+        "--quality-checkpoint",
+        type=Path,
+        help="real studies without an expert study PI-QUAL get their stratum from this quality model "
+        "(e.g. model/quality.pt); without it they stay 'unknown' and are left out of stratified sets",
+    )
+    parser.add_argument(
+        "--hq-threshold",
+        type=float,
+        help="quality score at or above which a study is HQ (default 0.8; expert PI-QUAL 3 is always HQ)",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "paths", nargs="*", metavar="PATH", help="labeled PI-CAI or flat folders (or use --phantoms)"
@@ -29,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lq-fraction", type=float, default=0.5, help="phantoms degraded as LQ (default 0.5)"
     )
+    add_stratum_arguments(parser)
     parser.add_argument(
         "--val", type=int, default=32, help="held-out phantom studies for validation (default 32)"
     )
@@ -79,13 +95,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from proqual.checkpoints import load_checkpoint, save_checkpoint
-    from proqual.classify.data import INPUTS, phantom_examples, study_tensor
+    from proqual.classify.data import INPUTS, phantom_examples, study_examples
     from proqual.classify.distributed import finetune_distributed, rank_devices
-    from proqual.classify.finetune import Example, FinetuneConfig, finetune
+    from proqual.classify.finetune import FinetuneConfig, finetune
     from proqual.classify.infer import build_classifier, classifier_config
     from proqual.errors import ValidationError
     from proqual.labels import get_scheme
-    from proqual.stratify import FinetuneSet, PoolItem, assign_stratum
+    from proqual.stratify import FinetuneSet, PoolItem
 
     t0 = time.time()
     if args.world_size < 1:
@@ -123,13 +139,17 @@ def run(args: argparse.Namespace) -> int:
     elif args.paths:
         from proqual.io.layouts import load_studies
 
-        train, val = [], []
-        for s in load_studies(args.paths):
-            label = scheme.encode(s.labels)
-            if label is None:
-                continue
-            stratum, _ = assign_stratum(expert_piqual=s.labels.piqual.get("study"))
-            train.append(Example(s.study_id, study_tensor(s, inputs), label, stratum))
+        train, counts = study_examples(
+            load_studies(args.paths),
+            scheme=scheme,
+            inputs=inputs,
+            quality_checkpoint=args.quality_checkpoint,
+            hq_threshold=args.hq_threshold,
+        )
+        log(
+            f"strata: {counts['expert']} from expert PI-QUAL, {counts['model']} from the quality model, "
+            f"{counts['unknown']} unknown; {counts['unlabeled']} studies without a {scheme.name} label skipped"
+        )
         n_val = max(1, len(train) // 5)
         val, train = train[:n_val], train[n_val:]
         data_desc = (

@@ -314,7 +314,7 @@ class ClassifierTrainer(ProQualTrainer):
         from proqual.checkpoints import checkpoint_version, save_checkpoint
         from proqual.classify.data import INPUTS
         from proqual.classify.distributed import finetune_distributed
-        from proqual.classify.finetune import Example, FinetuneConfig, evaluate, finetune
+        from proqual.classify.finetune import Example, FinetuneConfig, evaluate
         from proqual.labels import get_scheme
         from proqual.stratify import PoolItem, build_finetune_set
 
@@ -380,20 +380,18 @@ class ClassifierTrainer(ProQualTrainer):
         def progress(row: dict) -> None:
             _emit("PROGRESS", {"stage": "epoch", "model": self.name, "max_epochs": epochs, **row})
 
-        if plan["used"]:
-            history = finetune_distributed(
-                model,
-                train,
-                scheme=scheme,
-                cfg=cfg,
-                val=val or None,
-                progress=progress,
-                world_size=plan["world_size"],
-                backend=plan["backend"],
-                devices=plan["devices"],
-            )
-        else:
-            history = finetune(model, train, scheme=scheme, cfg=cfg, val=val or None, progress=progress)
+        # world_size 1 (no DDP in the plan) is a plain finetune on this process
+        history = finetune_distributed(
+            model,
+            train,
+            scheme=scheme,
+            cfg=cfg,
+            val=val or None,
+            progress=progress,
+            world_size=plan["world_size"],
+            backend=plan["backend"],
+            devices=plan["devices"],
+        )
         history = _slim(history)
         metrics = evaluate(model, val or train, scheme, device=self.app.device)
         meta = {

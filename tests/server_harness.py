@@ -22,7 +22,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from proqual.classify.distributed import free_port  # noqa: F401 (used here and by the tests)
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # the tests import the app package (monailabel_app/) from the repository
@@ -40,13 +40,6 @@ APP_DIR = REPO / "monailabel_app"
 ORTHANC_CONFIG_SCRIPT = REPO / "orthanc" / "make_config.py"
 ORTHANC_BINARY = os.environ.get("ORTHANC_BINARY", "Orthanc")
 ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def orthanc_available() -> bool:

@@ -138,6 +138,9 @@ def study_examples(
         from proqual.quality.scoring import load_quality_model
 
         qmodel = load_quality_model(quality_checkpoint)
+    from proqual.cache import StudyCache
+
+    cache = StudyCache(1)  # each study's files are read once for the quality score and the model input
     out: list[Example] = []
     counts = {"unlabeled": 0, "expert": 0, "model": 0, "unknown": 0}
     for k, s in enumerate(studies, start=1):
@@ -148,15 +151,17 @@ def study_examples(
             expert = s.labels.piqual.get("study") if s.labels.piqual else None
             score = None
             if expert is None and qmodel is not None:
-                from proqual.quality.scoring import score_study
+                from proqual.quality.scoring import SCORED_SEQUENCES, score_study
 
-                q = score_study(qmodel, s)
+                present = [q for q in SCORED_SEQUENCES if q in s.sequences] or list(s.sequences)
+                q = score_study(qmodel, s, volumes=cache.volumes(s, present))
                 score = min(v.score for v in q.sequences.values())
             stratum, source = assign_stratum(
                 expert_piqual=expert, quality_score=score, hq_threshold=threshold
             )
             counts[source if source != "none" else "unknown"] += 1
-            out.append(Example(s.study_id, study_tensor(s, inputs), label, stratum))
+            image = cache.tensor(s, roi=inputs.roi, spacing=inputs.spacing, task=scheme.name)
+            out.append(Example(s.study_id, image, label, stratum))
         if progress:
             progress(k, len(studies))
     return out, counts

@@ -11,7 +11,8 @@ NAME = "train-quality"
 HELP = "train the image-quality model on simulated degradations of phantoms (reproduces model/quality.pt)"
 DESCRIPTION = (
     "Upstream: phantom studies are degraded by the artifact simulator with known parameters and the model "
-    "learns the parameters, a quality score (1 - severity) and the PI-QUAL v2 class. Downstream (optional, "
+    "learns the parameters, a quality score (1 - severity) and the PI-QUAL v2 class; every epoch sees new "
+    "degradations of the same clean volumes. Downstream (optional, "
     "--ratings): finetuning on expert PI-QUAL v2 ratings of real images. The checkpoint records the config, "
     "the data and the metrics; --eval-out writes the per-family evaluation."
 )
@@ -24,9 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path("model/quality.pt"),
         help="checkpoint path (default model/quality.pt)",
     )
-    parser.add_argument("--n-studies", type=int, default=40, help="phantom studies for training (default 40)")
     parser.add_argument(
-        "--per-volume", type=int, default=12, help="degraded samples per sequence volume (default 12)"
+        "--n-studies", type=int, default=120, help="phantom studies for training (default 120)"
+    )
+    parser.add_argument(
+        "--per-volume",
+        type=int,
+        default=4,
+        help="degraded samples per sequence volume and epoch, simulated anew every epoch (default 4)",
     )
     parser.add_argument(
         "--n-val", type=int, default=6, help="held-out phantom studies for validation (default 6)"
@@ -109,16 +115,13 @@ def run(args: argparse.Namespace) -> int:
 
     meta: dict = {"stages": []}
     if not args.skip_upstream:
-        train = T.phantom_samples(
-            n_studies=args.n_studies,
-            per_volume=args.per_volume,
-            seed=args.seed,
-            preset=args.preset,
-            progress=bar("simulating training data"),
+        clean = T.phantom_volumes(
+            n_studies=args.n_studies, seed=args.seed, preset=args.preset, progress=bar("phantom studies")
         )
+        train = T.FreshDegradations(clean, per_volume=args.per_volume, seed=args.seed)
         val = T.phantom_samples(
             n_studies=args.n_val,
-            per_volume=max(4, args.per_volume // 2),
+            per_volume=6,
             seed=args.seed,
             preset=args.preset,
             start=10_000,
@@ -132,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             {
                 "stage": "upstream",
                 "data": f"{args.n_studies} phantom studies (preset {args.preset}, seed {args.seed}, "
-                f"indices 0..{args.n_studies - 1}) x 3 sequences x {args.per_volume} simulated degradations",
+                f"indices 0..{args.n_studies - 1}) x 3 sequences x {args.per_volume} simulated degradations per epoch, new every epoch",
                 "validation": f"{args.n_val} phantom studies from index 10000",
                 **hist,
             }

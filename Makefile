@@ -41,13 +41,16 @@ system-deps:
 test: install system-deps
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# only the folders that exist (the Slicer extension is not started yet)
+LINT_PATHS := $(wildcard lib tests monailabel_app slicer_extension bench)
+
 lint: install
-	$(VENV)/bin/ruff check lib tests monailabel_app slicer_extension bench
-	$(VENV)/bin/ruff format --check lib tests monailabel_app slicer_extension bench
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 format: install
-	$(VENV)/bin/ruff check --fix lib tests monailabel_app slicer_extension bench
-	$(VENV)/bin/ruff format lib tests monailabel_app slicer_extension bench
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
+	$(VENV)/bin/ruff format $(LINT_PATHS)
 
 # The MONAI Label server with the ProQual app on $(STUDIES) (a folder or a DICOMweb URL such as
 # http://127.0.0.1:8042/dicom-web), at http://$(HOST):$(PORT). Models without weights are reported

@@ -94,10 +94,10 @@ SEVERITY_SCALE: dict[Family, tuple[float, float, float]] = {
     Family.NOISE: (0.0, 1.0 / 3.0, 1.5),  # p = 1/snr; severity 1 at SNR 3
     Family.MOTION: (0.0, 8.0, 1.5),  # p = max translation + lever x max rotation (mm)
     Family.GHOSTING: (0.0, 0.5, 1.0),  # p = ghost_intensity / sqrt(n_ghosts)
-    Family.SPIKE: (0.0, 0.2, 1.5),  # p = spike_intensity x sqrt(n_spikes), relative to the signal level
+    Family.SPIKE: (0.0, 0.2, 1.0),  # p = spike_intensity x sqrt(n_spikes), relative to the signal level
     Family.BIAS: (0.0, 0.3, 1.0),  # p = standard deviation of the log bias field over the object
     Family.BLUR: (0.0, 4.0, 1.0),  # p = Gaussian FWHM in mm
-    Family.THROUGH_PLANE: (0.0, 2.0, 1.0),  # p = slice_factor - 1; effective slices 3x thicker at 1
+    Family.THROUGH_PLANE: (0.0, 2.0, 1.7),  # p = slice_factor - 1; effective slices 3x thicker at 1
     # p = MONAI GibbsNoise alpha; below 1 - 1/sqrt(2) the circular mask only trims the k-space corners
     Family.GIBBS: (1.0 - 1.0 / math.sqrt(2.0), 0.8, 0.6),
     Family.LOWB_SNR: (0.0, 1.0 / 1.5, 1.5),  # p = 1 / effective high-b SNR; severity 1 at SNR 1.5

@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--n-eval", type=int, default=6, help="held-out phantom studies for the family sweep (default 6)"
     )
     parser.add_argument("--preset", default="sample", help="phantom preset (default sample)")
-    parser.add_argument("--epochs", type=int, default=30, help="upstream epochs (default 30)")
+    parser.add_argument("--epochs", type=int, default=40, help="upstream epochs (default 40)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)

@@ -28,6 +28,25 @@ def test_examples_carry_labels_and_strata():
     assert ex[0].image.shape == (3, 16, 48, 48)
 
 
+def test_cached_lq_examples_are_not_reused_after_the_severity_mapping_changes(tmp_path, monkeypatch):
+    from proqual import artifacts as A
+
+    scheme = get_scheme("pirads_ge4")
+    cache = tmp_path / "cache"
+    first = phantom_examples([0, 1], seed=0, lq={1}, scheme=scheme, inputs=TINY, cache_dir=cache)
+    assert len(list(cache.glob("*.pt"))) == 2
+    # the cache is used while nothing changes
+    again = phantom_examples([0, 1], seed=0, lq={1}, scheme=scheme, inputs=TINY, cache_dir=cache)
+    assert len(list(cache.glob("*.pt"))) == 2 and torch.equal(first[1].image, again[1].image)
+    scale = dict(A.SEVERITY_SCALE)
+    for fam, (p0, p_max, gamma) in scale.items():
+        scale[fam] = (p0, p_max, gamma * 1.1)
+    monkeypatch.setattr(A, "SEVERITY_SCALE", scale)
+    phantom_examples([0, 1], seed=0, lq={1}, scheme=scheme, inputs=TINY, cache_dir=cache)
+    # the HQ example is reused, the LQ one is made again under the new mapping
+    assert len(list(cache.glob("*.pt"))) == 3
+
+
 def test_finetune_steps_lower_the_loss():
     torch.manual_seed(0)
     model = Classifier(profound_conv("small-cpu"), 2)

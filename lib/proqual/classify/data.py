@@ -79,6 +79,17 @@ def phantom_tensor(
     return image, study
 
 
+def _cache_key(seed: int, index: int, lq: bool, inputs: InputConfig) -> str:
+    """Name of a cached phantom example: it changes with everything that changes the image, the
+    artifact severity mapping and LQ severity range included (an LQ image made under an older mapping
+    is not reused)."""
+    from proqual import artifacts as A
+
+    mapping = sorted((f.value, v) for f, v in A.SEVERITY_SCALE.items()) if lq else None
+    text = f"{seed}-{index}-{lq}-{inputs}-{mapping}-{LQ_SEVERITY if lq else None}"
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
 def phantom_examples(
     indices: list[int],
     *,
@@ -93,7 +104,7 @@ def phantom_examples(
     out = []
     for k, i in enumerate(indices):
         is_lq = i in lq
-        key = hashlib.sha1(f"{seed}-{i}-{is_lq}-{inputs}".encode()).hexdigest()[:16]
+        key = _cache_key(seed, i, is_lq, inputs)
         path = cache_dir / f"{key}.pt" if cache_dir else None
         if path and path.is_file():
             blob = torch.load(path, weights_only=True)

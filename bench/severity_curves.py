@@ -18,13 +18,13 @@ import argparse
 import numpy as np
 from proqual import artifacts as A
 from proqual.phantom import make_study
+from proqual.study import Sequence
 
 SEVERITIES = np.linspace(0.0, 1.0, 11)
 
 
 def nrmse_curve(image: np.ndarray, spacing, family: A.Family, *, seed: int, sequence: str) -> np.ndarray:
-    top = float(np.percentile(image, 99.5))
-    fg = image > 0.1 * top
+    fg = A.object_mask(image)
     ref = float(np.sqrt(np.mean(image[fg] ** 2)))
     out = []
     for s in SEVERITIES:
@@ -49,11 +49,9 @@ def main() -> None:
         for seq in ("T2W", "ADC", "HBV"):
             if fam not in A.families_for(seq):
                 continue
+            vols = [st.volumes[Sequence(seq)] for st in studies]
             curves = [
-                nrmse_curve(st.volumes[v].array, st.volumes[v].spacing, fam, seed=7 + i, sequence=seq)
-                for i, st in enumerate(studies)
-                for v in st.volumes
-                if v.value == seq
+                nrmse_curve(v.array, v.spacing, fam, seed=7 + i, sequence=seq) for i, v in enumerate(vols)
             ]
             m = np.mean(curves, axis=0)
             rel = m / m[-1] if m[-1] > 0 else m

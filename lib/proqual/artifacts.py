@@ -51,6 +51,7 @@ __all__ = [
     "compose",
     "degrade",
     "families_for",
+    "object_mask",
     "param_vector",
     "sample_params",
     "severity_of",
@@ -579,6 +580,13 @@ def _check_image(image: np.ndarray, spacing) -> tuple[np.ndarray, tuple[float, f
     return img, sp  # type: ignore[return-value]
 
 
+def object_mask(image: np.ndarray) -> np.ndarray:
+    """The object: the voxels above 10 % of the 99.5th percentile (taken on at most about a million
+    voxels); every voxel when the image has no positive signal."""
+    top = float(np.percentile(image.reshape(-1)[:: max(1, image.size // 1_000_000)], 99.5))
+    return image > 0.1 * top if top > 0 else np.ones(image.shape, dtype=bool)
+
+
 def signal_level(image: np.ndarray) -> float:
     """Reference signal for SNR definitions: mean of the voxels above 10 % of the 99.5th percentile."""
     flat = image.reshape(-1)
@@ -851,8 +859,7 @@ def _bias_field(img: np.ndarray, spacing, v, seed) -> np.ndarray:
     deg = np.add.outer(np.add.outer(np.arange(order + 1), np.arange(order + 1)), np.arange(order + 1))
     c = np.where((deg > 0) & (deg <= order), c / np.maximum(deg, 1), 0.0)
     log_field = np.einsum("ijk,xi,yj,zk->xyz", c, *basis, optimize=True).astype(np.float32)
-    top = float(np.percentile(img.reshape(-1)[:: max(1, img.size // 1_000_000)], 99.5))
-    fg = img > 0.1 * top if top > 0 else np.ones(shape, dtype=bool)
+    fg = object_mask(img)
     vals = log_field[fg] if fg.any() else log_field.reshape(-1)
     mean, std = float(vals.mean()), float(vals.std())
     log_field -= np.float32(mean)

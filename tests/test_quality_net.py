@@ -91,3 +91,62 @@ def test_a_few_steps_lower_the_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_footprint_is_the_non_zero_union_of_the_real_slices():
+    x = torch.zeros(2, 3, 1, 16, 16)
+    x[0, 0, 0, 2:5, 3:7] = 1.0
+    x[0, 1, 0, 10:12, 10:12] = -2.0  # negative values are image too
+    x[0, 2, 0, 0:16, 0:16] = 5.0  # a padded slice: not part of the footprint
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    fp = QualityNet.footprint(x, mask)
+    assert fp.shape == (2, 1, 16, 16)
+    assert fp[0].sum() == 3 * 4 + 2 * 2
+    assert fp[0, 0, 2:5, 3:7].all() and fp[0, 0, 10:12, 10:12].all()
+    assert fp[1].all()  # a volume that is zero everywhere pools over the whole canvas
+
+
+def test_weighted_pool_is_mean_and_std_over_the_footprint():
+    x = torch.randn(3, 4, 8, 8)
+    w = torch.zeros(3, 1, 8, 8)
+    w[:, :, 2:6, 1:4] = 1.0
+    pooled = QualityNet._pool(x, w)
+    inside = x[:, :, 2:6, 1:4].flatten(2)
+    torch.testing.assert_close(pooled[:, :4], inside.mean(2))
+    torch.testing.assert_close(pooled[:, 4:], (inside.var(2, unbiased=False) + 1e-6).sqrt())
+
+
+def test_a_small_image_scores_the_same_whatever_zero_padding_surrounds_it():
+    """Footprint pooling: a 32 x 32 image on a 160 or a 224 pixel canvas (offsets that are multiples of
+    the encoder's total stride, margins beyond its receptive field) gets the same score; pooling over the
+    whole canvas does not."""
+    torch.manual_seed(1)
+    img = torch.rand(1, 5, 1, 32, 32) + 0.1
+
+    def on_canvas(size):
+        c = torch.zeros(1, 5, 1, size, size)
+        o = (size - 32) // 2
+        c[..., o : o + 32, o : o + 32] = img
+        return c
+
+    def scores(net):
+        net.eval()
+        with torch.no_grad():
+            # BatchNorm running statistics away from the identity, so the padding is not neutral
+            for mod in net.modules():
+                if isinstance(mod, torch.nn.BatchNorm2d):
+                    mod.running_mean.uniform_(-0.5, 0.5)
+                    mod.bias.uniform_(-0.5, 0.5)
+            torch.nn.init.normal_(net.slice_quality.weight, std=0.3)
+            return [net(on_canvas(n), sequence=torch.tensor([0]))["score"].item() for n in (160, 224)]
+
+    masked = scores(_net(masked_pool=True))
+    whole = scores(_net(masked_pool=False))
+    assert abs(masked[0] - masked[1]) < 1e-4
+    assert abs(whole[0] - whole[1]) > 1e-3
+
+
+def test_checkpoints_written_before_footprint_pooling_load_with_whole_canvas_pooling():
+    assert QualityNetConfig.from_dict({"n_params": 5}).masked_pool is False
+    assert QualityNetConfig().masked_pool is True
+    assert QualityNetConfig.from_dict(QualityNetConfig().to_dict()).masked_pool is True

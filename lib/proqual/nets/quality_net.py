@@ -7,7 +7,10 @@ Input: a stack of S axial slices (B, S, 1, H, W) (see :mod:`proqual.quality.inpu
    differences to the neighbouring slices (2.5-D input: through-plane blur and slice-to-slice motion
    show in those differences); mean and standard-deviation pooling of the last stage and of a
    mid-resolution stage keep content, texture (noise, ringing) and low-frequency shading (bias field)
-   statistics. The prompt modulates the slice features (FiLM), so the same weights learn what "good"
+   statistics. The pooling is taken over the image's footprint on the canvas (the pixels that are
+   non-zero in some real slice), not over the zero padding around a small field of view: a 48 x 48 ADC
+   on the 128 x 128 canvas would otherwise have its statistics diluted sevenfold and dominated by the
+   step from image to padding. The prompt modulates the slice features (FiLM), so the same weights learn what "good"
    looks like for T2W, ADC, HBV, or an unknown sequence (``OTHER``, also used during training by
    prompt dropout so that it is a trained, generic prompt).
 2. A light inter-slice context (two residual 1D convolutions along the slice axis) lets each slice see
@@ -25,6 +28,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from proqual.study import Sequence
@@ -51,6 +55,8 @@ class QualityNetConfig:
     neighbours: bool = True
     #: index of the encoder stage whose pooled features are added to the last stage's (None: last only)
     mid_stage: int | None = 2
+    #: pool over the image's footprint on the canvas instead of the whole canvas (see module doc)
+    masked_pool: bool = True
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -64,6 +70,7 @@ class QualityNetConfig:
         # checkpoints written before these options existed used single-slice input, last stage only
         d.setdefault("neighbours", False)
         d.setdefault("mid_stage", None)
+        d.setdefault("masked_pool", False)
         return cls(**d)
 
 
@@ -102,18 +109,41 @@ class QualityNet(nn.Module):
             nn.init.zeros_(conv.bias)
 
     @staticmethod
-    def _pool(x: torch.Tensor) -> torch.Tensor:
+    def _pool(x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean and standard deviation over the spatial axes; ``weight`` (N, 1, h, w) >= 0 (not all zero
+        per row) weights the pixels (the footprint's share of each pixel)."""
         flat = x.flatten(2)
-        return torch.cat([flat.mean(2), (flat.var(2, unbiased=False) + 1e-6).sqrt()], 1)
+        if weight is None:
+            return torch.cat([flat.mean(2), (flat.var(2, unbiased=False) + 1e-6).sqrt()], 1)
+        w = weight.flatten(2)
+        w = w / w.sum(2, keepdim=True)
+        mean = (flat * w).sum(2, keepdim=True)
+        var = (((flat - mean) ** 2) * w).sum(2)
+        return torch.cat([mean.squeeze(2), (var + 1e-6).sqrt()], 1)
 
-    def encode_slices(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, F) pooled slice features."""
+    @staticmethod
+    def footprint(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, S, 1, H, W) -> (B, 1, H, W): 1 where some real slice is non-zero (the image on the
+        zero-padded canvas); the whole canvas for a volume that is zero everywhere."""
+        nz = ((x[:, :, 0] != 0) & mask[:, :, None, None]).any(1, keepdim=True)
+        empty = ~nz.flatten(1).any(1)
+        nz[empty] = True
+        return nz.to(x.dtype)
+
+    def encode_slices(self, x: torch.Tensor, footprint: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, C, H, W) -> (N, F) pooled slice features; ``footprint`` (N, 1, H, W) restricts the pooling
+        to the image (see :meth:`footprint`)."""
+
+        def pool(t: torch.Tensor) -> torch.Tensor:
+            w = None if footprint is None else F.adaptive_avg_pool2d(footprint, t.shape[-2:])
+            return self._pool(t, w)
+
         pooled = []
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i == self.config.mid_stage:
-                pooled.append(self._pool(x))
-        pooled.append(self._pool(x))
+                pooled.append(pool(x))
+        pooled.append(pool(x))
         return torch.cat(pooled, 1)
 
     @staticmethod
@@ -147,9 +177,12 @@ class QualityNet(nn.Module):
         mask = torch.ones((b, s), dtype=torch.bool, device=dev) if mask is None else mask.bool()
         prompt = self.sequence_embedding(sequence) + self.anatomy_embedding(anatomy)  # (B, P)
 
+        fp = None
+        if self.config.masked_pool:
+            fp = self.footprint(x, mask).repeat_interleave(s, dim=0)  # (B * S, 1, H, W)
         if self.config.neighbours:
             x = self.with_neighbours(x, mask)
-        h = self.norm(self.encode_slices(x.reshape(b * s, *x.shape[2:])).reshape(b, s, -1))
+        h = self.norm(self.encode_slices(x.reshape(b * s, *x.shape[2:]), fp).reshape(b, s, -1))
         gamma, beta = self.film(prompt).chunk(2, dim=-1)
         h = h * (1 + gamma[:, None]) + beta[:, None]
         m = mask[:, :, None].to(h.dtype)

@@ -149,3 +149,23 @@ def test_downstream_finetuning_on_expert_ratings(tmp_path, capsys):
         )
         == 1
     )
+
+
+def test_train_quality_upstream_with_fov_crop_records_it(tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "q.pt"
+    args = ["train-quality", "--n-studies", "1", "--per-volume", "1", "--n-val", "1", "--epochs", "1"]
+    args += ["--no-eval", "--fov-crop", "0.5", "0.8", "--fov-crop-probability", "1", "--out", str(out)]
+    assert main(args) == 0
+    ckpt = torch.load(out, weights_only=True)
+    assert "1 of them from an in-plane crop to 0.5..0.8 of each axis" in ckpt["meta"]["stages"][0]["data"]
+    assert ckpt["config"]["masked_pool"] is True
+    capsys.readouterr()
+    for bad, field in (
+        (["--fov-crop", "0.8", "0.5"], "--fov-crop"),
+        (["--fov-crop-probability", "2"], "--fov-crop-probability"),
+    ):
+        assert main(["train-quality", "--no-eval", "--out", str(tmp_path / "x.pt"), *bad]) == 1
+        assert field in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()

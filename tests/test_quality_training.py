@@ -97,3 +97,30 @@ def test_training_draws_new_samples_every_epoch():
     assert hist["fresh_samples_per_epoch"] is False and len(hist["history"]) == 1
     with pytest.raises(ValidationError, match="train_samples"):
         T.train(model, [], cfg=cfg)
+
+
+def test_fov_crop_cuts_the_clean_volume_in_plane_and_keeps_grid_and_gland_aligned():
+    vol = _clean_volumes(1)[0]
+    rng = np.random.default_rng(5)
+    grid, arr, gland = T._crop_in_plane(vol.volume, vol.volume.array, vol.gland, rng, (0.5, 0.6))
+    assert 16 <= arr.shape[0] <= 20 and 16 <= arr.shape[1] <= 20 and arr.shape[2] == 6
+    assert gland.shape == arr.shape and grid.shape == arr.shape
+    # the cropped grid's first voxel is where that voxel was on the source grid
+    i0 = np.round(vol.volume.world_to_index(grid.index_to_world((0, 0, 0)))).astype(int)
+    assert np.array_equal(arr, vol.volume.array[i0[0] : i0[0] + arr.shape[0], i0[1] : i0[1] + arr.shape[1]])
+    assert np.array_equal(gland, vol.gland[i0[0] : i0[0] + arr.shape[0], i0[1] : i0[1] + arr.shape[1]])
+    with pytest.raises(ValidationError, match="fov_crop"):
+        T._crop_in_plane(vol.volume, vol.volume.array, None, rng, (0.0, 0.5))
+
+
+def test_fov_crop_shrinks_the_footprint_only_when_asked():
+    vol = _clean_volumes(1)[0]
+
+    def footprints(**kw):
+        samples = T.simulate_samples(vol.volume, vol.sequence, rng=np.random.default_rng(2), n=12, **kw)
+        return [int((s.slices.float() != 0).any(0).sum()) for s in samples]
+
+    full = footprints()
+    assert set(full) == {32 * 32}
+    cropped = footprints(fov_crop=(0.5, 0.6), fov_crop_probability=1.0)
+    assert max(cropped) <= 20 * 20 and min(cropped) >= 16 * 16

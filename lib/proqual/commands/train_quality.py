@@ -40,6 +40,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--n-eval", type=int, default=6, help="held-out phantom studies for the family sweep (default 6)"
     )
+    parser.add_argument(
+        "--fov-crop",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=None,
+        help="crop a share of the clean training volumes in-plane to a fraction LO..HI of each axis before "
+        "degrading them (smaller fields of view, as real volumes have; default off)",
+    )
+    parser.add_argument(
+        "--fov-crop-probability",
+        type=float,
+        default=0.3,
+        help="share of the training samples that --fov-crop applies to (default 0.3)",
+    )
     parser.add_argument("--preset", default="sample", help="phantom preset (default sample)")
     parser.add_argument("--epochs", type=int, default=40, help="upstream epochs (default 40)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -92,6 +107,14 @@ def run(args: argparse.Namespace) -> int:
     from proqual.quality import evaluate as E
     from proqual.quality import training as T
 
+    if not 0 <= args.fov_crop_probability <= 1:
+        raise ValidationError("--fov-crop-probability", f"must be in [0, 1], got {args.fov_crop_probability}")
+    crop = {}
+    if args.fov_crop is not None:
+        lo, hi = args.fov_crop
+        if not 0 < lo <= hi <= 1:
+            raise ValidationError("--fov-crop", f"needs 0 < LO <= HI <= 1, got {lo} {hi}")
+        crop = {"fov_crop": (lo, hi), "fov_crop_probability": args.fov_crop_probability}
     torch.manual_seed(args.seed)
     t_start = time.time()
     if args.init:
@@ -118,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         clean = T.phantom_volumes(
             n_studies=args.n_studies, seed=args.seed, preset=args.preset, progress=bar("phantom studies")
         )
-        train = T.FreshDegradations(clean, per_volume=args.per_volume, seed=args.seed)
+        train = T.FreshDegradations(clean, per_volume=args.per_volume, seed=args.seed, **crop)
         val = T.phantom_samples(
             n_studies=args.n_val,
             per_volume=6,
@@ -135,7 +158,13 @@ def run(args: argparse.Namespace) -> int:
             {
                 "stage": "upstream",
                 "data": f"{args.n_studies} phantom studies (preset {args.preset}, seed {args.seed}, "
-                f"indices 0..{args.n_studies - 1}) x 3 sequences x {args.per_volume} simulated degradations per epoch, new every epoch",
+                f"indices 0..{args.n_studies - 1}) x 3 sequences x {args.per_volume} simulated degradations per epoch, new every epoch"
+                + (
+                    f"; {args.fov_crop_probability:g} of them from an in-plane crop to {crop['fov_crop'][0]:g}.."
+                    f"{crop['fov_crop'][1]:g} of each axis"
+                    if crop
+                    else ""
+                ),
                 "validation": f"{args.n_val} phantom studies from index 10000",
                 **hist,
             }

@@ -90,12 +90,17 @@ def simulate_samples(
     slice_size: int = SLICE_SIZE,
     pixel_mm: float | None = None,
     gamma_range: tuple[float, float] | None = (0.6, 1.6),
+    fov_crop: tuple[float, float] | None = None,
+    fov_crop_probability: float = 0.3,
 ) -> list[QualitySample]:
     """``n`` degraded versions of one clean volume with their targets (see module doc). ``gland`` is a
     mask on the volume's grid (for the saliency target). ``gamma_range``: half of the samples start from
     the clean volume with its contrast changed by an intensity power law (``(v / max) ** gamma * max``,
     gamma drawn log-uniformly from the range), so the model does not learn one phantom contrast as
-    "clean"; ``None`` turns it off."""
+    "clean"; ``None`` turns it off. ``fov_crop`` (lo, hi): a ``fov_crop_probability`` share of the
+    samples start from an in-plane crop of the clean volume, each in-plane axis cut to a fraction drawn
+    uniformly from the range at a random position (a smaller field of view or matrix, as real volumes
+    have), before it is degraded; ``None`` (the default) turns it off."""
     fams = A.families_for(sequence.value)
     target = "ADC" if sequence is Sequence.ADC else "HBV"
     out = []
@@ -107,6 +112,9 @@ def simulate_samples(
         if gamma_range is not None and top > 0 and rng.random() < 0.5:
             g = float(np.exp(rng.uniform(np.log(gamma_range[0]), np.log(gamma_range[1]))))
             clean = (np.power(np.clip(volume.array, 0, None) / top, g) * top).astype(np.float32)
+        grid, mask = volume, gland
+        if fov_crop is not None and rng.random() < fov_crop_probability:
+            grid, clean, mask = _crop_in_plane(volume, clean, gland, rng, fov_crop)
         if r < clean_fraction:
             img, params, name = clean, [], "clean"
         else:
@@ -115,7 +123,7 @@ def simulate_samples(
             picked = [fams[i] for i in chosen]
             img, params = A.compose(
                 clean,
-                volume.spacing,
+                grid.spacing,
                 picked,
                 seed=seed,
                 pe_axis=int(rng.integers(0, 2)),
@@ -124,7 +132,7 @@ def simulate_samples(
             name = "+".join(f.value for f in picked)
         sev = A.combined_severity(params)
         stack = slice_stack(
-            Volume(img, volume.spacing, volume.origin, volume.direction), size=slice_size, pixel_mm=pixel_mm
+            Volume(img, grid.spacing, grid.origin, grid.direction), size=slice_size, pixel_mm=pixel_mm
         )
         out.append(
             QualitySample(
@@ -133,12 +141,37 @@ def simulate_samples(
                 score=1.0 - sev,
                 piqual=piqual_from_severity(sev),
                 params=A.param_vector(params) if params else np.zeros(len(A.PARAM_NAMES), np.float32),
-                saliency=saliency_target(gland, stack.source_index),
+                saliency=saliency_target(mask, stack.source_index),
                 family=name,
                 severity=sev,
             )
         )
     return out
+
+
+def _crop_in_plane(
+    volume: Volume,
+    array: np.ndarray,
+    gland: np.ndarray | None,
+    rng: np.random.Generator,
+    fraction: tuple[float, float],
+) -> tuple[Volume, np.ndarray, np.ndarray | None]:
+    """A random in-plane sub-block of ``array`` (on ``volume``'s grid, axes x, y, z): each of the first
+    two axes keeps a fraction drawn from ``fraction`` of its voxels (at least 8) at a random offset.
+    Returns the cropped grid (origin moved to the block's first voxel), the array and the gland mask."""
+    lo, hi = fraction
+    if not 0 < lo <= hi <= 1:
+        raise ValidationError("fov_crop", f"fractions must satisfy 0 < lo <= hi <= 1, got {fraction}")
+    start, stop = [0, 0, 0], list(array.shape)
+    for ax in (0, 1):
+        n = array.shape[ax]
+        keep = min(n, max(8, int(round(n * rng.uniform(lo, hi)))))
+        start[ax] = int(rng.integers(0, n - keep + 1))
+        stop[ax] = start[ax] + keep
+    sl = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
+    origin = tuple(float(v) for v in volume.index_to_world(start))
+    grid = Volume(array[sl], volume.spacing, origin, volume.direction, volume.source)
+    return grid, np.ascontiguousarray(array[sl]), None if gland is None else gland[sl]
 
 
 @dataclass

@@ -159,12 +159,15 @@ def test_train_quality_upstream_with_fov_crop_records_it(tmp_path, capsys):
     args += ["--no-eval", "--fov-crop", "0.5", "0.8", "--fov-crop-probability", "1", "--out", str(out)]
     assert main(args) == 0
     ckpt = torch.load(out, weights_only=True)
-    assert "1 of them from an in-plane crop to 0.5..0.8 of each axis" in ckpt["meta"]["stages"][0]["data"]
+    data = ckpt["meta"]["stages"][0]["data"]
+    assert "1 of them from an in-plane crop to 0.5..0.8 of each axis" in data
+    assert "0.25 of them with the background set to zero" in data  # the default
     assert ckpt["config"]["masked_pool"] is True
     capsys.readouterr()
     for bad, field in (
         (["--fov-crop", "0.8", "0.5"], "--fov-crop"),
         (["--fov-crop-probability", "2"], "--fov-crop-probability"),
+        (["--zero-background", "-1"], "--zero-background"),
     ):
         assert main(["train-quality", "--no-eval", "--out", str(tmp_path / "x.pt"), *bad]) == 1
         assert field in capsys.readouterr().err

@@ -124,3 +124,40 @@ def test_fov_crop_shrinks_the_footprint_only_when_asked():
     assert set(full) == {32 * 32}
     cropped = footprints(fov_crop=(0.5, 0.6), fov_crop_probability=1.0)
     assert max(cropped) <= 20 * 20 and min(cropped) >= 16 * 16
+
+
+def test_zero_background_clears_the_air_and_keeps_dark_organs():
+    rng = np.random.default_rng(0)
+    arr = rng.random((40, 40, 3), dtype=np.float32) * 3.0  # background noise
+    yy, xx = np.mgrid[:40, :40]
+    body = (yy - 20) ** 2 + (xx - 20) ** 2 < 15**2
+    organ = (yy - 20) ** 2 + (xx - 20) ** 2 < 4**2  # dark, enclosed by the body
+    arr[body] = 100.0
+    arr[organ] = 1.0
+    before = arr.copy()
+    out = T.zero_background_of(arr, level=0.1)
+    assert np.array_equal(arr, before)  # a copy, the input is untouched
+    assert (out[~body] == 0).all()
+    assert np.array_equal(out[body], arr[body])  # the dark organ inside is kept
+    assert np.array_equal(
+        T.zero_background_of(np.zeros((4, 4, 2), np.float32), level=0.1), np.zeros((4, 4, 2))
+    )
+
+
+def test_samples_carry_the_field_of_view_and_training_pools_over_it():
+    """The footprint comes from the geometry (the field of view on the canvas), not from the non-zero
+    pixels: an exactly zero background inside the field of view is still image."""
+    from proqual.quality.inputs import footprints, slice_stack
+
+    vol = _clean_volumes(1)[0].volume  # 32 x 32 at 1 mm
+    arr = vol.array.copy()
+    arr[:8] = 0.0  # a zeroed background strip inside the field of view
+    stack = slice_stack(Volume(arr, vol.spacing, vol.origin, vol.direction))
+    assert stack.fov == (32, 32)
+    fp = footprints([stack.fov, None], 128)
+    assert fp.shape == (2, 1, 128, 128) and fp[0].sum() == 32 * 32 and fp[1].all()
+    nonzero = (stack.slices != 0).any(0)[0]
+    assert fp[0, 0][nonzero].all() and nonzero.sum() < 32 * 32
+    sample = T.simulate_samples(vol, Sequence.T2W, rng=np.random.default_rng(0), n=1)[0]
+    batch = T._collate([sample], "cpu")
+    assert torch.equal(batch["footprint"], footprints([(32, 32)], 128))

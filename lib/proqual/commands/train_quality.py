@@ -45,15 +45,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         nargs=2,
         metavar=("LO", "HI"),
-        default=None,
+        default=(0.5, 1.0),
         help="crop a share of the clean training volumes in-plane to a fraction LO..HI of each axis before "
-        "degrading them (smaller fields of view, as real volumes have; default off)",
+        "degrading them (smaller fields of view, as real volumes have; default 0.5 1)",
     )
     parser.add_argument(
         "--fov-crop-probability",
         type=float,
-        default=0.3,
-        help="share of the training samples that --fov-crop applies to (default 0.3)",
+        default=0.25,
+        help="share of the training samples that --fov-crop applies to (default 0.25; 0 turns it off)",
+    )
+    parser.add_argument(
+        "--zero-background",
+        type=float,
+        default=0.25,
+        help="share of the training samples whose clean volume first gets an exactly zero background, as "
+        "masked real images have (default 0.25; 0 turns it off)",
     )
     parser.add_argument("--preset", default="sample", help="phantom preset (default sample)")
     parser.add_argument("--epochs", type=int, default=40, help="upstream epochs (default 40)")
@@ -109,12 +116,14 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.fov_crop_probability <= 1:
         raise ValidationError("--fov-crop-probability", f"must be in [0, 1], got {args.fov_crop_probability}")
-    crop = {}
-    if args.fov_crop is not None:
-        lo, hi = args.fov_crop
-        if not 0 < lo <= hi <= 1:
-            raise ValidationError("--fov-crop", f"needs 0 < LO <= HI <= 1, got {lo} {hi}")
-        crop = {"fov_crop": (lo, hi), "fov_crop_probability": args.fov_crop_probability}
+    if not 0 <= args.zero_background <= 1:
+        raise ValidationError("--zero-background", f"must be in [0, 1], got {args.zero_background}")
+    lo, hi = args.fov_crop
+    if not 0 < lo <= hi <= 1:
+        raise ValidationError("--fov-crop", f"needs 0 < LO <= HI <= 1, got {lo} {hi}")
+    crop: dict = {"zero_background": args.zero_background}
+    if args.fov_crop_probability > 0:
+        crop.update(fov_crop=(lo, hi), fov_crop_probability=args.fov_crop_probability)
     torch.manual_seed(args.seed)
     t_start = time.time()
     if args.init:
@@ -160,9 +169,13 @@ def run(args: argparse.Namespace) -> int:
                 "data": f"{args.n_studies} phantom studies (preset {args.preset}, seed {args.seed}, "
                 f"indices 0..{args.n_studies - 1}) x 3 sequences x {args.per_volume} simulated degradations per epoch, new every epoch"
                 + (
-                    f"; {args.fov_crop_probability:g} of them from an in-plane crop to {crop['fov_crop'][0]:g}.."
-                    f"{crop['fov_crop'][1]:g} of each axis"
-                    if crop
+                    f"; {args.fov_crop_probability:g} of them from an in-plane crop to {lo:g}..{hi:g} of each axis"
+                    if args.fov_crop_probability > 0
+                    else ""
+                )
+                + (
+                    f"; {args.zero_background:g} of them with the background set to zero"
+                    if args.zero_background > 0
                     else ""
                 ),
                 "validation": f"{args.n_val} phantom studies from index 10000",

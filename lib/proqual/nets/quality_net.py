@@ -7,8 +7,8 @@ Input: a stack of S axial slices (B, S, 1, H, W) (see :mod:`proqual.quality.inpu
    differences to the neighbouring slices (2.5-D input: through-plane blur and slice-to-slice motion
    show in those differences); mean and standard-deviation pooling of the last stage and of a
    mid-resolution stage keep content, texture (noise, ringing) and low-frequency shading (bias field)
-   statistics. The pooling is taken over the image's footprint on the canvas (the pixels that are
-   non-zero in some real slice), not over the zero padding around a small field of view: a 48 x 48 ADC
+   statistics. The pooling is taken over the image's footprint on the canvas (the pixels its field of
+   view covers, given by the caller), not over the zero padding around a small field of view: a 48 x 48 ADC
    on the 128 x 128 canvas would otherwise have its statistics diluted sevenfold and dominated by the
    step from image to padding. The prompt modulates the slice features (FiLM), so the same weights learn what "good"
    looks like for T2W, ADC, HBV, or an unknown sequence (``OTHER``, also used during training by
@@ -165,7 +165,12 @@ class QualityNet(nn.Module):
         sequence: torch.Tensor | None = None,
         anatomy: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        footprint: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """``footprint`` (B, 1, H, W): the canvas pixels each image covers
+        (:func:`proqual.quality.inputs.footprints`), used by footprint pooling; when it is not given it
+        is guessed from the non-zero pixels (:meth:`footprint`), which is right for images whose
+        background is not exactly zero."""
         if x.dim() != 5:
             raise ValueError(f"expected (B, S, 1, H, W), got {tuple(x.shape)}")
         b, s = x.shape[:2]
@@ -179,7 +184,8 @@ class QualityNet(nn.Module):
 
         fp = None
         if self.config.masked_pool:
-            fp = self.footprint(x, mask).repeat_interleave(s, dim=0)  # (B * S, 1, H, W)
+            fp = self.footprint(x, mask) if footprint is None else footprint.to(x.dtype)
+            fp = fp.repeat_interleave(s, dim=0)  # (B * S, 1, H, W)
         if self.config.neighbours:
             x = self.with_neighbours(x, mask)
         h = self.norm(self.encode_slices(x.reshape(b * s, *x.shape[2:]), fp).reshape(b, s, -1))

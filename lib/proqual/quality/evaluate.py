@@ -53,6 +53,7 @@ def sweep_samples(
                     saliency=saliency_target(None, stack.source_index),
                     family=fam.value,
                     severity=float(sev),
+                    fov=stack.fov,
                 )
             )
     return out

@@ -28,12 +28,14 @@ PIXEL_MM_RANGE = (0.4, 3.0)
 @dataclass
 class SliceStack:
     """``slices``: (S, 1, size, size) float32; ``source_index[k]`` is the z index of slice k in the source
-    volume; ``positions_lps[k]`` the patient coordinates (mm) of that slice's centre."""
+    volume; ``positions_lps[k]`` the patient coordinates (mm) of that slice's centre; ``fov``: the rows
+    and columns of the canvas that the image covers (centred; the rest is zero padding)."""
 
     slices: torch.Tensor
     source_index: np.ndarray
     positions_lps: np.ndarray
     scale: float
+    fov: tuple[int, int] = (SLICE_SIZE, SLICE_SIZE)
 
 
 def _to_lps_axes(volume: Volume) -> tuple[sitk.Image, np.ndarray]:
@@ -78,7 +80,8 @@ def slice_stack(volume: Volume, *, size: int = SLICE_SIZE, pixel_mm: float | Non
     positions = np.array(
         [oriented.TransformContinuousIndexToPhysicalPoint((cx, cy, float(k))) for k in range(arr.shape[0])]
     )
-    return SliceStack(t.contiguous().float(), src, positions, scale)
+    fov = (min(ny, size), min(nx, size))
+    return SliceStack(t.contiguous().float(), src, positions, scale, fov)
 
 
 def _centre_crop_pad(t: torch.Tensor, size: int) -> torch.Tensor:
@@ -88,6 +91,17 @@ def _centre_crop_pad(t: torch.Tensor, size: int) -> torch.Tensor:
     dy, dx = max(0, (size - h) // 2), max(0, (size - w) // 2)
     ch, cw = min(h, size), min(w, size)
     out[:, :, dy : dy + ch, dx : dx + cw] = t[:, :, sy : sy + ch, sx : sx + cw]
+    return out
+
+
+def footprints(fovs: list[tuple[int, int] | None], size: int) -> torch.Tensor:
+    """(B, 1, size, size) float mask of the canvas pixels each image covers (see
+    :attr:`SliceStack.fov`, placed as :func:`slice_stack` centres it); ``None``: the whole canvas."""
+    out = torch.zeros((len(fovs), 1, size, size), dtype=torch.float32)
+    for i, fov in enumerate(fovs):
+        h, w = (size, size) if fov is None else (min(fov[0], size), min(fov[1], size))
+        dy, dx = max(0, (size - h) // 2), max(0, (size - w) // 2)
+        out[i, :, dy : dy + h, dx : dx + w] = 1.0
     return out
 
 

@@ -15,7 +15,7 @@ from proqual.checkpoints import checkpoint_version, read_checkpoint
 from proqual.errors import CheckpointError, InputError
 from proqual.io.readers import Volume, read_volume
 from proqual.quality.classical import classical_measures
-from proqual.quality.inputs import SliceStack, batch_stacks, slice_stack
+from proqual.quality.inputs import SliceStack, batch_stacks, footprints, slice_stack
 from proqual.quality.piqual import STUDY_RULE, study_piqual
 from proqual.quality.prerequisites import PrerequisiteResult, check_prerequisites
 from proqual.study import Sequence, Study
@@ -116,10 +116,11 @@ def score_volumes(
     seqs = list(volumes)
     stacks = [slice_stack(volumes[s]) for s in seqs]
     x, mask = batch_stacks([st.slices for st in stacks])
+    fp = footprints([st.fov for st in stacks], x.shape[-1])
     prompt = torch.tensor(
         [SEQUENCE_PROMPTS.get(s, SEQUENCE_PROMPTS[Sequence.OTHER]) for s in seqs], device=device
     )
-    out = model(x.to(device), sequence=prompt, mask=mask.to(device))
+    out = model(x.to(device), sequence=prompt, mask=mask.to(device), footprint=fp.to(device))
     meta = metadata or {}
     return {
         s.value: _result(s, st, out, i, st.slices.shape[0], volumes[s], meta.get(s))

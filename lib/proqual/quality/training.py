@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from proqual import artifacts as A
 from proqual.errors import ValidationError
 from proqual.io.readers import Volume
-from proqual.quality.inputs import SLICE_SIZE, batch_stacks, slice_stack
+from proqual.quality.inputs import SLICE_SIZE, batch_stacks, footprints, slice_stack
 from proqual.study import Sequence
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ class QualitySample:
     severity: float = 0.0
     #: 1.0 when the parameter targets are known (simulated), 0.0 for expert-rated real images
     has_params: float = 1.0
+    #: canvas rows and columns the image covers (:attr:`SliceStack.fov`); None: the whole canvas
+    fov: tuple[int, int] | None = None
 
 
 def saliency_target(gland: np.ndarray | None, source_index: np.ndarray) -> np.ndarray:
@@ -92,6 +94,7 @@ def simulate_samples(
     gamma_range: tuple[float, float] | None = (0.6, 1.6),
     fov_crop: tuple[float, float] | None = None,
     fov_crop_probability: float = 0.3,
+    zero_background: float = 0.0,
 ) -> list[QualitySample]:
     """``n`` degraded versions of one clean volume with their targets (see module doc). ``gland`` is a
     mask on the volume's grid (for the saliency target). ``gamma_range``: half of the samples start from
@@ -100,7 +103,9 @@ def simulate_samples(
     "clean"; ``None`` turns it off. ``fov_crop`` (lo, hi): a ``fov_crop_probability`` share of the
     samples start from an in-plane crop of the clean volume, each in-plane axis cut to a fraction drawn
     uniformly from the range at a random position (a smaller field of view or matrix, as real volumes
-    have), before it is degraded; ``None`` (the default) turns it off."""
+    have), before it is degraded; ``None`` (the default) turns it off. ``zero_background``: the share of
+    samples whose clean volume first gets an exactly zero background (:func:`zero_background`), as
+    masked or background-suppressed real images have."""
     fams = A.families_for(sequence.value)
     target = "ADC" if sequence is Sequence.ADC else "HBV"
     out = []
@@ -115,6 +120,8 @@ def simulate_samples(
         grid, mask = volume, gland
         if fov_crop is not None and rng.random() < fov_crop_probability:
             grid, clean, mask = _crop_in_plane(volume, clean, gland, rng, fov_crop)
+        if zero_background > 0 and rng.random() < zero_background:
+            clean = zero_background_of(clean, level=float(rng.uniform(0.03, 0.15)))
         if r < clean_fraction:
             img, params, name = clean, [], "clean"
         else:
@@ -144,9 +151,24 @@ def simulate_samples(
                 saliency=saliency_target(mask, stack.source_index),
                 family=name,
                 severity=sev,
+                fov=stack.fov,
             )
         )
     return out
+
+
+def zero_background_of(array: np.ndarray, *, level: float) -> np.ndarray:
+    """A copy of ``array`` (axes x, y, z) with the background set to exactly zero: per slice, the voxels
+    below ``level`` times the 99.5th percentile, except holes enclosed by the object (dark organs stay)."""
+    from scipy import ndimage
+
+    top = float(np.percentile(array, 99.5)) if array.size else 0.0
+    if top <= 0:
+        return array.copy()
+    keep = array > level * top
+    for z in range(array.shape[2]):
+        keep[:, :, z] = ndimage.binary_fill_holes(keep[:, :, z])
+    return np.where(keep, array, 0).astype(np.float32)
 
 
 def _crop_in_plane(
@@ -310,11 +332,12 @@ def _collate(batch: list[QualitySample], device: str):
         "params": torch.from_numpy(np.stack([b.params for b in batch])).to(device),
         "has_params": torch.tensor([b.has_params for b in batch], device=device),
         "saliency": sal.to(device),
+        "footprint": footprints([b.fov for b in batch], x.shape[-1]).to(device),
     }
 
 
 def forward(model, batch: dict) -> dict:
-    return model(batch["x"], sequence=batch["sequence"], mask=batch["mask"])
+    return model(batch["x"], sequence=batch["sequence"], mask=batch["mask"], footprint=batch["footprint"])
 
 
 def losses(out: dict, batch: dict, cfg: TrainConfig) -> dict[str, torch.Tensor]:
@@ -495,6 +518,7 @@ def rated_samples(
                 family="rated",
                 severity=1.0 - score,
                 has_params=0.0,
+                fov=stack.fov,
             )
         )
     return out

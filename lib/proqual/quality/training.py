@@ -102,7 +102,7 @@ def simulate_samples(
     gamma drawn log-uniformly from the range), so the model does not learn one phantom contrast as
     "clean"; ``None`` turns it off. ``fov_crop`` (lo, hi): a ``fov_crop_probability`` share of the
     samples start from an in-plane crop of the clean volume, each in-plane axis cut to a fraction drawn
-    uniformly from the range at a random position (a smaller field of view or matrix, as real volumes
+    uniformly from the range, about the centre (a smaller field of view or matrix, as real volumes
     have), before it is degraded; ``None`` (the default) turns it off. ``zero_background``: the share of
     samples whose clean volume first gets an exactly zero background (:func:`zero_background`), as
     masked or background-suppressed real images have."""
@@ -179,8 +179,10 @@ def _crop_in_plane(
     fraction: tuple[float, float],
 ) -> tuple[Volume, np.ndarray, np.ndarray | None]:
     """A random in-plane sub-block of ``array`` (on ``volume``'s grid, axes x, y, z): each of the first
-    two axes keeps a fraction drawn from ``fraction`` of its voxels (at least 8) at a random offset.
-    Returns the cropped grid (origin moved to the block's first voxel), the array and the gland mask."""
+    two axes keeps a fraction drawn from ``fraction`` of its voxels (at least 8), centred on the field of
+    view up to a random shift of a quarter of the voxels cut away (a smaller field of view is still
+    placed on the anatomy; a crop of mostly air would not be a clean image). Returns the cropped grid
+    (origin moved to the block's first voxel), the array and the gland mask."""
     lo, hi = fraction
     if not 0 < lo <= hi <= 1:
         raise ValidationError("fov_crop", f"fractions must satisfy 0 < lo <= hi <= 1, got {fraction}")
@@ -188,7 +190,8 @@ def _crop_in_plane(
     for ax in (0, 1):
         n = array.shape[ax]
         keep = min(n, max(8, int(round(n * rng.uniform(lo, hi)))))
-        start[ax] = int(rng.integers(0, n - keep + 1))
+        slack = n - keep
+        start[ax] = slack // 2 + int(rng.integers(-(slack // 4), slack // 4 + 1))
         stop[ax] = start[ax] + keep
     sl = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
     origin = tuple(float(v) for v in volume.index_to_world(start))

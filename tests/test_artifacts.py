@@ -432,3 +432,12 @@ def test_timing_full_size_volume():
         out, _ = A.degrade(src, (0.5, 0.5, 3.6), family, severity=0.8, seed=1, sequence=seq)
         print(f"{family.value}: {time.perf_counter() - t0:.3f} s for 384x384x24")
         assert out.shape == src.shape
+
+
+def test_lowb_adc_unit_check_ignores_a_faint_background():
+    """A zeroed ADC background that an earlier k-space artifact filled with faint ringing must not make
+    the unit check fail (the median is taken over the object)."""
+    adc = np.full((40, 40, 4), 2.0, np.float32)  # faint, positive, most of the grid
+    adc[12:28, 12:28] = 1200.0  # tissue, 1.2e-3 mm2/s in PI-CAI units
+    img, _ = A.degrade(adc, (2.0, 2.0, 3.0), "lowb_snr", severity=0.5, seed=1, sequence="ADC")
+    assert np.isfinite(img).all() and img[12:28, 12:28].mean() > 100

@@ -156,12 +156,22 @@ def test_train_quality_upstream_with_fov_crop_records_it(tmp_path, capsys):
 
     out = tmp_path / "q.pt"
     args = ["train-quality", "--n-studies", "1", "--per-volume", "1", "--n-val", "1", "--epochs", "1"]
-    args += ["--no-eval", "--fov-crop", "0.5", "0.8", "--fov-crop-probability", "1", "--out", str(out)]
+    args += [
+        "--no-eval",
+        "--fov-crop",
+        "0.5",
+        "0.8",
+        "--fov-crop-probability",
+        "1",
+        "--zero-background",
+        "0.5",
+    ]
+    args += ["--out", str(out)]
     assert main(args) == 0
     ckpt = torch.load(out, weights_only=True)
     data = ckpt["meta"]["stages"][0]["data"]
     assert "1 of them from an in-plane crop to 0.5..0.8 of each axis" in data
-    assert "0.25 of them with the background set to zero" in data  # the default
+    assert "0.5 of them with the background set to zero" in data
     assert ckpt["config"]["masked_pool"] is True
     capsys.readouterr()
     for bad, field in (

@@ -47,20 +47,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("LO", "HI"),
         default=(0.5, 1.0),
         help="crop a share of the clean training volumes in-plane to a fraction LO..HI of each axis before "
-        "degrading them (smaller fields of view, as real volumes have; default 0.5 1)",
+        "degrading them (smaller fields of view, as real volumes have; default 0.5 1, used only when "
+        "--fov-crop-probability is above 0)",
     )
     parser.add_argument(
         "--fov-crop-probability",
         type=float,
-        default=0.25,
-        help="share of the training samples that --fov-crop applies to (default 0.25; 0 turns it off)",
+        default=0.0,
+        help="share of the training samples that --fov-crop applies to (default 0: off)",
     )
     parser.add_argument(
         "--zero-background",
         type=float,
-        default=0.25,
+        default=0.0,
         help="share of the training samples whose clean volume first gets an exactly zero background, as "
-        "masked real images have (default 0.25; 0 turns it off)",
+        "masked real images have (default 0: off)",
     )
     parser.add_argument("--preset", default="sample", help="phantom preset (default sample)")
     parser.add_argument("--epochs", type=int, default=40, help="upstream epochs (default 40)")

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 from proqual import artifacts as A
-from proqual.io.readers import Volume
 from proqual.quality import evaluate as E
 from proqual.quality.scoring import load_quality_model
 from proqual.study import Sequence
@@ -35,7 +33,6 @@ def main() -> None:
     models = {str(p): load_quality_model(p) for p in args.checkpoints}
     fams = list(A.families_for("T2W"))
     for name, vol in E.real_mr_volumes():
-        vol = Volume(np.clip(vol.array, 0, None), vol.spacing, vol.origin, vol.direction, vol.source)
         per_seed = {
             s: E.sweep_samples(vol, Sequence.T2W, seed=s, prompt=Sequence.OTHER, families=fams)
             for s in args.seeds

@@ -580,11 +580,11 @@ def _check_image(image: np.ndarray, spacing) -> tuple[np.ndarray, tuple[float, f
     return img, sp  # type: ignore[return-value]
 
 
-def object_mask(image: np.ndarray) -> np.ndarray:
-    """The object: the voxels above 10 % of the 99.5th percentile (taken on at most about a million
-    voxels); every voxel when the image has no positive signal."""
+def object_mask(image: np.ndarray, *, level: float = 0.1) -> np.ndarray:
+    """The object: the voxels above ``level`` (10 %) of the 99.5th percentile (taken on at most about a
+    million voxels); every voxel when the image has no positive signal."""
     top = float(np.percentile(image.reshape(-1)[:: max(1, image.size // 1_000_000)], 99.5))
-    return image > 0.1 * top if top > 0 else np.ones(image.shape, dtype=bool)
+    return image > level * top if top > 0 else np.ones(image.shape, dtype=bool)
 
 
 def signal_level(image: np.ndarray) -> float:

@@ -105,13 +105,14 @@ def phantom_evaluation(
 
 
 def real_mr_volumes() -> list[tuple[str, Volume]]:
-    """Real MR volumes shipped as test data by nibabel (evaluation only, never training)."""
+    """Real MR volumes shipped as test data by nibabel (evaluation only, never training), negative
+    values clipped to 0 (magnitude images)."""
     import nibabel
 
     from proqual.io.readers import read_volume
 
     data = Path(nibabel.__file__).parent / "tests" / "data"
-    out = []
+    out: list[tuple[str, Volume]] = []
     anat = data / "anatomical.nii"
     if anat.is_file():
         out.append(("nibabel anatomical.nii (T1 brain, 33x41x25)", read_volume(anat)))
@@ -124,13 +125,15 @@ def real_mr_volumes() -> list[tuple[str, Volume]]:
         out.append(
             ("nibabel example4d.nii.gz volume 0 (EPI, 128x96x24)", Volume.from_sitk(first, source=str(epi)))
         )
-    return out
+    return [
+        (name, Volume(np.clip(v.array, 0, None), v.spacing, v.origin, v.direction, v.source))
+        for name, v in out
+    ]
 
 
 def real_mr_evaluation(model, *, seed: int = 0) -> dict:
     results = {}
     for name, vol in real_mr_volumes():
-        vol = Volume(np.clip(vol.array, 0, None), vol.spacing, vol.origin, vol.direction, vol.source)
         samples = sweep_samples(
             vol, Sequence.T2W, seed=seed, prompt=Sequence.OTHER, families=[f for f in A.families_for("T2W")]
         )

@@ -97,11 +97,10 @@ def _centre_crop_pad(t: torch.Tensor, size: int) -> torch.Tensor:
 def footprints(fovs: list[tuple[int, int] | None], size: int) -> torch.Tensor:
     """(B, 1, size, size) float mask of the canvas pixels each image covers (see
     :attr:`SliceStack.fov`, placed as :func:`slice_stack` centres it); ``None``: the whole canvas."""
-    out = torch.zeros((len(fovs), 1, size, size), dtype=torch.float32)
+    out = torch.ones((len(fovs), 1, size, size), dtype=torch.float32)
     for i, fov in enumerate(fovs):
-        h, w = (size, size) if fov is None else (min(fov[0], size), min(fov[1], size))
-        dy, dx = max(0, (size - h) // 2), max(0, (size - w) // 2)
-        out[i, :, dy : dy + h, dx : dx + w] = 1.0
+        if fov is not None:
+            out[i] = _centre_crop_pad(torch.ones((1, 1, *fov)), size)[0]
     return out
 
 

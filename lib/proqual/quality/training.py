@@ -104,7 +104,7 @@ def simulate_samples(
     samples start from an in-plane crop of the clean volume, each in-plane axis cut to a fraction drawn
     uniformly from the range, about the centre (a smaller field of view or matrix, as real volumes
     have), before it is degraded; ``None`` (the default) turns it off. ``zero_background``: the share of
-    samples whose clean volume first gets an exactly zero background (:func:`zero_background`), as
+    samples whose clean volume first gets an exactly zero background (:func:`zero_background_of`), as
     masked or background-suppressed real images have."""
     fams = A.families_for(sequence.value)
     target = "ADC" if sequence is Sequence.ADC else "HBV"
@@ -159,13 +159,13 @@ def simulate_samples(
 
 def zero_background_of(array: np.ndarray, *, level: float) -> np.ndarray:
     """A copy of ``array`` (axes x, y, z) with the background set to exactly zero: per slice, the voxels
-    below ``level`` times the 99.5th percentile, except holes enclosed by the object (dark organs stay)."""
+    outside :func:`proqual.artifacts.object_mask` at ``level``, except holes enclosed by the object (dark
+    organs stay)."""
     from scipy import ndimage
 
-    top = float(np.percentile(array, 99.5)) if array.size else 0.0
-    if top <= 0:
+    if array.size == 0 or float(array.max()) <= 0:
         return array.copy()
-    keep = array > level * top
+    keep = A.object_mask(array, level=level)
     for z in range(array.shape[2]):
         keep[:, :, z] = ndimage.binary_fill_holes(keep[:, :, z])
     return np.where(keep, array, 0).astype(np.float32)
@@ -195,8 +195,8 @@ def _crop_in_plane(
         stop[ax] = start[ax] + keep
     sl = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
     origin = tuple(float(v) for v in volume.index_to_world(start))
-    grid = Volume(array[sl], volume.spacing, origin, volume.direction, volume.source)
-    return grid, np.ascontiguousarray(array[sl]), None if gland is None else gland[sl]
+    grid = Volume(np.ascontiguousarray(array[sl]), volume.spacing, origin, volume.direction, volume.source)
+    return grid, grid.array, None if gland is None else gland[sl]
 
 
 @dataclass

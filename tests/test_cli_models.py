@@ -165,6 +165,10 @@ def test_train_quality_upstream_with_fov_crop_records_it(tmp_path, capsys):
         "1",
         "--zero-background",
         "0.5",
+        "--family-weight",
+        "bias=2",
+        "--family-weight",
+        "through_plane=1.5",
     ]
     args += ["--out", str(out)]
     assert main(args) == 0
@@ -172,12 +176,18 @@ def test_train_quality_upstream_with_fov_crop_records_it(tmp_path, capsys):
     data = ckpt["meta"]["stages"][0]["data"]
     assert "1 of them from an in-plane crop to 0.5..0.8 of each axis" in data
     assert "0.5 of them with the background set to zero" in data
+    assert "family weights bias 2, through_plane 1.5" in data
+    cmd = ckpt["meta"]["command"]
+    assert "--family-weight bias=2 --family-weight through_plane=1.5" in cmd and "--fov-crop 0.5 0.8" in cmd
     assert ckpt["config"]["masked_pool"] is True
     capsys.readouterr()
     for bad, field in (
         (["--fov-crop", "0.8", "0.5"], "--fov-crop"),
         (["--fov-crop-probability", "2"], "--fov-crop-probability"),
         (["--zero-background", "-1"], "--zero-background"),
+        (["--family-weight", "glare=2"], "--family-weight"),
+        (["--family-weight", "bias"], "--family-weight"),
+        (["--family-weight", "bias=-1"], "--family-weight"),
     ):
         assert main(["train-quality", "--no-eval", "--out", str(tmp_path / "x.pt"), *bad]) == 1
         assert field in capsys.readouterr().err

@@ -161,3 +161,38 @@ def test_samples_carry_the_field_of_view_and_training_pools_over_it():
     sample = T.simulate_samples(vol, Sequence.T2W, rng=np.random.default_rng(0), n=1)[0]
     batch = T._collate([sample], "cpu")
     assert torch.equal(batch["footprint"], footprints([(32, 32)], 128))
+
+
+def test_family_weights_change_how_often_each_family_is_drawn():
+    vol = _clean_volumes(1)[0]
+
+    def counts(**kw):
+        samples = T.simulate_samples(
+            vol.volume,
+            vol.sequence,
+            rng=np.random.default_rng(4),
+            n=60,
+            clean_fraction=0.0,
+            pair_fraction=0.0,
+            **kw,
+        )
+        names = [s.family for s in samples]
+        return {f: names.count(f) for f in set(names)}
+
+    uniform = counts()
+    heavy = counts(family_weights={"bias": 8.0, "through_plane": 0.0})
+    assert heavy.get("bias", 0) > 3 * uniform.get("bias", 0) and heavy.get("bias", 0) >= 20
+    assert "through_plane" not in heavy and uniform.get("through_plane", 0) > 0
+    # no weights: the same random stream as uniform draws (the shipped weights stay reproducible)
+    assert counts(family_weights=None) == uniform
+    for bad, match in (
+        ({"glare": 1.0}, "unknown family"),
+        ({"bias": -1.0}, "bias"),
+        ({"bias": float("nan")}, "bias"),
+    ):
+        with pytest.raises(ValidationError, match=match):
+            counts(family_weights=bad)
+    only = {f.value: 0.0 for f in T.A.Family}
+    only["bias"] = 1.0
+    with pytest.raises(ValidationError, match="at least two families"):
+        counts(family_weights=only)

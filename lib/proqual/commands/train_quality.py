@@ -63,6 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="share of the training samples whose clean volume first gets an exactly zero background, as "
         "masked real images have (default 0: off)",
     )
+    parser.add_argument(
+        "--family-weight",
+        action="append",
+        default=[],
+        metavar="FAMILY=W",
+        help="draw artifact FAMILY W times as often as the others for the training degradations "
+        "(repeatable, e.g. --family-weight bias=2; default: every family of a sequence equally often)",
+    )
     parser.add_argument("--preset", default="sample", help="phantom preset (default sample)")
     parser.add_argument("--epochs", type=int, default=40, help="upstream epochs (default 40)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -83,6 +91,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--eval-out", type=Path, help="write the evaluation JSON here")
     parser.add_argument("--no-eval", action="store_true", help="skip the per-family evaluation sweeps")
+
+
+def _family_weights(items: list[str]) -> dict[str, float]:
+    """``["bias=2", ...]`` -> ``{"bias": 2.0}``, with an error naming the option and the bad item."""
+    from proqual import artifacts as A
+    from proqual.errors import ValidationError
+
+    known = sorted(f.value for f in A.Family)
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip().lower()
+        try:
+            w = float(value)
+        except ValueError:
+            w = float("nan")
+        if not sep or name not in known or not (w >= 0 and w < float("inf")):
+            raise ValidationError(
+                "--family-weight",
+                f"expected FAMILY=W with FAMILY one of {', '.join(known)} and W a number >= 0, got {item!r}",
+            )
+        out[name] = w
+    return out
+
+
+#: options given once per value (``action="append"``); other list values are one option's arguments
+_REPEATABLE = ("family_weight",)
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The options as one would type them (repeatable options repeated, pairs space-separated)."""
+    parts = ["proqual train-quality"]
+    for k, v in vars(args).items():
+        if k in ("_run", "command", "verbose") or v is None or v is False or v == []:
+            continue
+        flag = f"--{k.replace('_', '-')}"
+        if v is True:
+            parts.append(flag)
+        elif k in _REPEATABLE:
+            parts += [f"{flag} {x}" for x in v]
+        elif isinstance(v, (list, tuple)):
+            parts.append(f"{flag} " + " ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v))
+        else:
+            parts.append(f"{flag} {v}")
+    return " ".join(parts)
 
 
 def _read_ratings(path: Path):
@@ -123,6 +176,9 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < lo <= hi <= 1:
         raise ValidationError("--fov-crop", f"needs 0 < LO <= HI <= 1, got {lo} {hi}")
     crop: dict = {"zero_background": args.zero_background}
+    weights = _family_weights(args.family_weight)
+    if weights:
+        crop["family_weights"] = weights
     if args.fov_crop_probability > 0:
         crop.update(fov_crop=(lo, hi), fov_crop_probability=args.fov_crop_probability)
     torch.manual_seed(args.seed)
@@ -178,6 +234,11 @@ def run(args: argparse.Namespace) -> int:
                     f"; {args.zero_background:g} of them with the background set to zero"
                     if args.zero_background > 0
                     else ""
+                )
+                + (
+                    "; family weights " + ", ".join(f"{k} {v:g}" for k, v in sorted(weights.items()))
+                    if weights
+                    else ""
                 ),
                 "validation": f"{args.n_val} phantom studies from index 10000",
                 **hist,
@@ -214,11 +275,7 @@ def run(args: argparse.Namespace) -> int:
         }
     meta["evaluation"] = evaluation
     meta["seconds"] = round(time.time() - t_start)
-    meta["command"] = "proqual train-quality " + " ".join(
-        f"--{k.replace('_', '-')} {v}"
-        for k, v in vars(args).items()
-        if k not in ("_run", "command", "verbose") and v not in (None, False)
-    )
+    meta["command"] = _command_line(args)
     T.save_quality_checkpoint(model, args.out, meta=meta)
     print(f"saved {args.out}")
     for fam, m in evaluation["held_out_phantoms"].items():

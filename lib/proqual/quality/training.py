@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Sequence as Seq
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -95,6 +95,7 @@ def simulate_samples(
     fov_crop: tuple[float, float] | None = None,
     fov_crop_probability: float = 0.3,
     zero_background: float = 0.0,
+    family_weights: Mapping[str, float] | None = None,
 ) -> list[QualitySample]:
     """``n`` degraded versions of one clean volume with their targets (see module doc). ``gland`` is a
     mask on the volume's grid (for the saliency target). ``gamma_range``: half of the samples start from
@@ -105,8 +106,11 @@ def simulate_samples(
     uniformly from the range, about the centre (a smaller field of view or matrix, as real volumes
     have), before it is degraded; ``None`` (the default) turns it off. ``zero_background``: the share of
     samples whose clean volume first gets an exactly zero background (:func:`zero_background_of`), as
-    masked or background-suppressed real images have."""
+    masked or background-suppressed real images have. ``family_weights`` (family name -> relative
+    weight, 1 for families not named): how often each family is drawn for a degraded sample; ``None``
+    (the default) draws the families of the sequence uniformly."""
     fams = A.families_for(sequence.value)
+    pick_p = family_probabilities(fams, family_weights)
     target = "ADC" if sequence is Sequence.ADC else "HBV"
     out = []
     top = float(volume.array.max())
@@ -126,7 +130,7 @@ def simulate_samples(
             img, params, name = clean, [], "clean"
         else:
             k = 2 if r > 1 - pair_fraction else 1
-            chosen = list(rng.choice(len(fams), size=k, replace=False))
+            chosen = list(rng.choice(len(fams), size=k, replace=False, p=pick_p))
             picked = [fams[i] for i in chosen]
             img, params = A.compose(
                 clean,
@@ -155,6 +159,28 @@ def simulate_samples(
             )
         )
     return out
+
+
+def family_probabilities(fams: Seq[A.Family], weights: Mapping[str, float] | None) -> np.ndarray | None:
+    """Draw probabilities of ``fams`` from relative ``weights`` (family name -> weight >= 0; 1 for
+    families not named; names of families that do not apply to this sequence are ignored). ``None``
+    when ``weights`` is ``None`` (uniform draws, the same random stream as before the option existed)."""
+    if weights is None:
+        return None
+    known = {f.value for f in A.Family}
+    for name, w in weights.items():
+        if name not in known:
+            raise ValidationError(
+                "family_weights", f"unknown family {name!r}; known: {', '.join(sorted(known))}"
+            )
+        if not (np.isfinite(w) and w >= 0):
+            raise ValidationError("family_weights", f"weight of {name} must be a finite number >= 0, got {w}")
+    w = np.array([float(weights.get(f.value, 1.0)) for f in fams])
+    if np.count_nonzero(w) < 2:
+        raise ValidationError(
+            "family_weights", "at least two families of each sequence need a weight above 0 (pairs are drawn)"
+        )
+    return w / w.sum()
 
 
 def zero_background_of(array: np.ndarray, *, level: float) -> np.ndarray:

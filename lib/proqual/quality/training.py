@@ -161,20 +161,24 @@ def simulate_samples(
     return out
 
 
+def check_family_weights(weights: Mapping[str, float], *, field: str = "family_weights") -> None:
+    """Raise :class:`ValidationError` on ``field`` unless every name in ``weights`` is an artifact family
+    and every weight is a finite number >= 0."""
+    known = {f.value for f in A.Family}
+    for name, w in weights.items():
+        if name not in known:
+            raise ValidationError(field, f"unknown family {name!r}; known: {', '.join(sorted(known))}")
+        if not (np.isfinite(w) and w >= 0):
+            raise ValidationError(field, f"weight of {name} must be a finite number >= 0, got {w}")
+
+
 def family_probabilities(fams: Seq[A.Family], weights: Mapping[str, float] | None) -> np.ndarray | None:
     """Draw probabilities of ``fams`` from relative ``weights`` (family name -> weight >= 0; 1 for
     families not named; names of families that do not apply to this sequence are ignored). ``None``
     when ``weights`` is ``None`` (uniform draws, the same random stream as before the option existed)."""
     if weights is None:
         return None
-    known = {f.value for f in A.Family}
-    for name, w in weights.items():
-        if name not in known:
-            raise ValidationError(
-                "family_weights", f"unknown family {name!r}; known: {', '.join(sorted(known))}"
-            )
-        if not (np.isfinite(w) and w >= 0):
-            raise ValidationError("family_weights", f"weight of {name} must be a finite number >= 0, got {w}")
+    check_family_weights(weights)
     w = np.array([float(weights.get(f.value, 1.0)) for f in fams])
     if np.count_nonzero(w) < 2:
         raise ValidationError(

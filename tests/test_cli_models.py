@@ -192,3 +192,21 @@ def test_train_quality_upstream_with_fov_crop_records_it(tmp_path, capsys):
         assert main(["train-quality", "--no-eval", "--out", str(tmp_path / "x.pt"), *bad]) == 1
         assert field in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_train_quality_defaults_are_the_shipped_augmentations(tmp_path, capsys):
+    """With no augmentation options the run uses the shipped weights' setting (a quarter of the clean
+    volumes cropped to 0.5..1 of each axis, a quarter with a zero background); 0 turns each off."""
+    import torch
+
+    base = ["train-quality", "--n-studies", "1", "--per-volume", "1", "--n-val", "1", "--epochs", "1"]
+    base += ["--no-eval"]
+    assert main([*base, "--out", str(tmp_path / "d.pt")]) == 0
+    data = torch.load(tmp_path / "d.pt", weights_only=True)["meta"]["stages"][0]["data"]
+    assert "0.25 of them from an in-plane crop to 0.5..1 of each axis" in data
+    assert "0.25 of them with the background set to zero" in data
+    off = ["--fov-crop-probability", "0", "--zero-background", "0", "--out", str(tmp_path / "o.pt")]
+    assert main([*base, *off]) == 0
+    data = torch.load(tmp_path / "o.pt", weights_only=True)["meta"]["stages"][0]["data"]
+    assert "in-plane crop" not in data and "background set to zero" not in data
+    capsys.readouterr()

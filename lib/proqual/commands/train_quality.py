@@ -53,15 +53,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fov-crop-probability",
         type=float,
-        default=0.0,
-        help="share of the training samples that --fov-crop applies to (default 0: off)",
+        default=0.25,
+        help="share of the training samples that --fov-crop applies to (default 0.25; 0: off)",
     )
     parser.add_argument(
         "--zero-background",
         type=float,
-        default=0.0,
+        default=0.25,
         help="share of the training samples whose clean volume first gets an exactly zero background, as "
-        "masked real images have (default 0: off)",
+        "masked real images have (default 0.25; 0: off)",
     )
     parser.add_argument(
         "--family-weight",

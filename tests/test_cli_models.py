@@ -192,6 +192,16 @@ def test_train_quality_upstream_with_fov_crop_records_it(tmp_path, capsys):
         assert main(["train-quality", "--no-eval", "--out", str(tmp_path / "x.pt"), *bad]) == 1
         assert field in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+    # a weighting that leaves ADC one family is refused before any phantom is made
+    only_lowb = [
+        a
+        for f in ("motion", "ghosting", "spike", "blur", "through_plane", "gibbs")
+        for a in ("--family-weight", f"{f}=0")
+    ]
+    assert main(["train-quality", "--no-eval", "--out", str(tmp_path / "x.pt"), *only_lowb]) == 1
+    out, err = capsys.readouterr()
+    assert "--family-weight: at least two families of ADC" in err and "phantom studies" not in out
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_train_quality_defaults_are_the_shipped_augmentations(tmp_path, capsys):

@@ -95,7 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _family_weights(items: list[str]) -> dict[str, float]:
     """``["bias=2", ...]`` -> ``{"bias": 2.0}``; the syntax is checked here, the names and weights by
-    :func:`proqual.quality.training.check_family_weights`, both with errors naming the option."""
+    :func:`proqual.quality.training.check_family_weights` for the three sequences the phantoms train (before
+    any phantom is made), both with errors naming the option."""
     from proqual.errors import ValidationError
     from proqual.quality.training import check_family_weights
 
@@ -108,7 +109,7 @@ def _family_weights(items: list[str]) -> dict[str, float]:
             sep = ""
         if not sep:
             raise ValidationError("--family-weight", f"expected FAMILY=W with W a number, got {item!r}")
-    check_family_weights(out, field="--family-weight")
+    check_family_weights(out, field="--family-weight", sequences=("T2W", "ADC", "HBV"))
     return out
 
 

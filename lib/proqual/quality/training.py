@@ -161,15 +161,27 @@ def simulate_samples(
     return out
 
 
-def check_family_weights(weights: Mapping[str, float], *, field: str = "family_weights") -> None:
-    """Raise :class:`ValidationError` on ``field`` unless every name in ``weights`` is an artifact family
-    and every weight is a finite number >= 0."""
+def check_family_weights(
+    weights: Mapping[str, float], *, field: str = "family_weights", sequences: Seq[str] = ()
+) -> None:
+    """Raise :class:`ValidationError` on ``field`` unless every name in ``weights`` is an artifact family,
+    every weight is a finite number >= 0 and, for each of ``sequences`` (e.g. ``"T2W"``), at least two
+    of its families keep a weight above 0 (a caller can so check the weights before any simulation)."""
     known = {f.value for f in A.Family}
     for name, w in weights.items():
         if name not in known:
             raise ValidationError(field, f"unknown family {name!r}; known: {', '.join(sorted(known))}")
         if not (np.isfinite(w) and w >= 0):
             raise ValidationError(field, f"weight of {name} must be a finite number >= 0, got {w}")
+    for seq in sequences:
+        _check_two_drawn(A.families_for(seq), weights, field=field, label=seq)
+
+
+def _check_two_drawn(fams: Seq[A.Family], weights: Mapping[str, float], *, field: str, label: str) -> None:
+    if sum(float(weights.get(f.value, 1.0)) > 0 for f in fams) < 2:
+        raise ValidationError(
+            field, f"at least two families of {label} need a weight above 0 (pairs are drawn)"
+        )
 
 
 def family_probabilities(fams: Seq[A.Family], weights: Mapping[str, float] | None) -> np.ndarray | None:
@@ -179,11 +191,8 @@ def family_probabilities(fams: Seq[A.Family], weights: Mapping[str, float] | Non
     if weights is None:
         return None
     check_family_weights(weights)
+    _check_two_drawn(fams, weights, field="family_weights", label="each sequence")
     w = np.array([float(weights.get(f.value, 1.0)) for f in fams])
-    if np.count_nonzero(w) < 2:
-        raise ValidationError(
-            "family_weights", "at least two families of each sequence need a weight above 0 (pairs are drawn)"
-        )
     return w / w.sum()
 
 

@@ -62,23 +62,37 @@ def sweep_samples(
 def family_metrics(
     model, samples: list[QualitySample], *, device: str = "cpu"
 ) -> dict[str, dict[str, float]]:
-    """Per family: SRCC/PLCC/KRCC/RMSE of predicted severity (1 - score) vs true severity, and the
-    SRCC between severity and score (negative when the score falls as severity rises)."""
-    pred = predict(model, samples, device=device)["score"]
+    """The model's :func:`metrics_of` on ``samples``."""
+    return metrics_of(samples, predict(model, samples, device=device)["score"])
+
+
+def metrics_of(samples: list[QualitySample], score: np.ndarray) -> dict[str, dict]:
+    """Per family: SRCC/PLCC/KRCC/RMSE of predicted severity (1 - ``score``) vs true severity, the SRCC
+    between severity and score (negative when the score falls as severity rises), and under
+    ``per_sequence`` the count and SRCC of each sequence (prompt) on its own: the pooled figure also
+    needs the same severity to get the same score on different sequences."""
+    score = np.asarray(score, dtype=float)
     groups: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(samples):
         groups[s.family].append(i)
     out = {}
     for fam, idx in sorted(groups.items()):
         sev = np.array([samples[i].severity for i in idx])
-        score = pred[idx]
+        pred = score[idx]
+        per_seq: dict[str, list[int]] = defaultdict(list)
+        for j, i in enumerate(idx):
+            per_seq[samples[i].sequence.value].append(j)
         out[fam] = {
             "n": len(idx),
-            "srcc": srcc(sev, 1 - score),
-            "plcc": plcc(sev, 1 - score),
-            "krcc": krcc(sev, 1 - score),
-            "rmse": rmse(sev, 1 - score),
-            "srcc_severity_vs_score": srcc(sev, score),
+            "srcc": srcc(sev, 1 - pred),
+            "plcc": plcc(sev, 1 - pred),
+            "krcc": krcc(sev, 1 - pred),
+            "rmse": rmse(sev, 1 - pred),
+            "srcc_severity_vs_score": srcc(sev, pred),
+            "per_sequence": {
+                seq: {"n": len(js), "srcc": srcc(sev[js], 1 - pred[js])}
+                for seq, js in sorted(per_seq.items())
+            },
         }
     return out
 

@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
     T.save_quality_checkpoint(model, args.out, meta=meta)
     print(f"saved {args.out}")
     for fam, m in evaluation["held_out_phantoms"].items():
-        seqs = ", ".join(f"{k} {v['srcc']:.3f}" for k, v in m.get("per_sequence", {}).items())
+        seqs = ", ".join(f"{k} {v['srcc']:.3f}" for k, v in m["per_sequence"].items())
         print(
             f"  phantom {fam:<14} SRCC {m['srcc']:.3f}  PLCC {m['plcc']:.3f}  KRCC {m['krcc']:.3f}  RMSE {m['rmse']:.3f}"
             f"  ({seqs})"

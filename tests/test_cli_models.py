@@ -169,6 +169,8 @@ def test_train_quality_upstream_with_fov_crop_records_it(tmp_path, capsys):
         "bias=2",
         "--family-weight",
         "through_plane=1.5",
+        "--sequence-weight",
+        "hbv=2",
     ]
     args += ["--out", str(out)]
     assert main(args) == 0
@@ -177,8 +179,10 @@ def test_train_quality_upstream_with_fov_crop_records_it(tmp_path, capsys):
     assert "1 of them from an in-plane crop to 0.5..0.8 of each axis" in data
     assert "0.5 of them with the background set to zero" in data
     assert "family weights bias 2, through_plane 1.5" in data
+    assert "by sequence ADC 1, HBV 2, T2W 1 (4 samples per epoch)" in data
     cmd = ckpt["meta"]["command"]
     assert "--family-weight bias=2 --family-weight through_plane=1.5" in cmd and "--fov-crop 0.5 0.8" in cmd
+    assert "--sequence-weight hbv=2" in cmd
     assert ckpt["config"]["masked_pool"] is True
     capsys.readouterr()
     for bad, field in (
@@ -188,6 +192,9 @@ def test_train_quality_upstream_with_fov_crop_records_it(tmp_path, capsys):
         (["--family-weight", "glare=2"], "--family-weight"),
         (["--family-weight", "bias"], "--family-weight"),
         (["--family-weight", "bias=-1"], "--family-weight"),
+        (["--sequence-weight", "flair=2"], "--sequence-weight: unknown sequence 'FLAIR'"),
+        (["--sequence-weight", "HBV"], "--sequence-weight"),
+        (["--sequence-weight", "HBV=0"], "--sequence-weight"),
     ):
         assert main(["train-quality", "--no-eval", "--out", str(tmp_path / "x.pt"), *bad]) == 1
         assert field in capsys.readouterr().err

@@ -55,6 +55,30 @@ def test_fresh_degradations_reject_bad_arguments():
         T.FreshDegradations(_clean_volumes(), per_volume=0, seed=0)
 
 
+def test_sequence_weights_set_the_degradations_of_each_sequence():
+    vols = _clean_volumes()  # one T2W, one HBV
+    plain = T.FreshDegradations(vols, per_volume=4, seed=3)
+    heavy = T.FreshDegradations(vols, per_volume=4, seed=3, sequence_weights={"HBV": 2.5})
+    assert len(plain) == 8 and len(heavy) == 14
+    assert heavy.count(Sequence.HBV) == 10 and heavy.count(Sequence.T2W) == 4
+    got = [s.sequence for s in heavy(0)]
+    assert got.count(Sequence.HBV) == 10 and got.count(Sequence.T2W) == 4
+    # a small weight still leaves one degradation per volume
+    assert (
+        T.FreshDegradations(vols, per_volume=4, seed=3, sequence_weights={"T2W": 0.01}).count(Sequence.T2W)
+        == 1
+    )
+    # no weights: the same samples as before the option existed
+    assert _same(plain(0), T.FreshDegradations(vols, per_volume=4, seed=3, sequence_weights=None)(0))
+    for bad, match in (
+        ({"FLAIR": 2.0}, "unknown sequence 'FLAIR'"),
+        ({"HBV": 0.0}, "HBV"),
+        ({"HBV": float("inf")}, "HBV"),
+    ):
+        with pytest.raises(ValidationError, match=match):
+            T.FreshDegradations(vols, per_volume=4, seed=3, sequence_weights=bad)
+
+
 def test_rank_loss_prefers_the_right_order():
     target = torch.tensor([0.9, 0.5, 0.1])
     right = T.rank_loss(target.clone(), target, min_gap=0.05, temperature=0.1)

@@ -71,6 +71,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="draw artifact FAMILY W times as often as the others for the training degradations "
         "(repeatable, e.g. --family-weight bias=2; default: every family of a sequence equally often)",
     )
+    parser.add_argument(
+        "--sequence-weight",
+        action="append",
+        default=[],
+        metavar="SEQUENCE=W",
+        help="give each volume of SEQUENCE (T2W, ADC or HBV) round(W x --per-volume) degradations per "
+        "epoch instead of --per-volume (repeatable, e.g. --sequence-weight HBV=2; an epoch gets longer "
+        "by the added samples; default: every sequence --per-volume)",
+    )
     parser.add_argument("--preset", default="sample", help="phantom preset (default sample)")
     parser.add_argument("--epochs", type=int, default=40, help="upstream epochs (default 40)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -93,28 +102,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-eval", action="store_true", help="skip the per-family evaluation sweeps")
 
 
-def _family_weights(items: list[str]) -> dict[str, float]:
-    """``["bias=2", ...]`` -> ``{"bias": 2.0}``; the syntax is checked here, the names and weights by
-    :func:`proqual.quality.training.check_family_weights` for the three sequences the phantoms train (before
-    any phantom is made), both with errors naming the option."""
+def _weights(items: list[str], *, option: str, key: str, case) -> dict[str, float]:
+    """``["bias=2", ...]`` -> ``{"bias": 2.0}`` (names passed through ``case``, e.g. ``str.lower``); a
+    malformed item is a :class:`ValidationError` on ``option`` that shows the expected ``key=W``."""
     from proqual.errors import ValidationError
-    from proqual.quality.training import check_family_weights
 
     out: dict[str, float] = {}
     for item in items:
         name, sep, value = item.partition("=")
         try:
-            out[name.strip().lower()] = float(value)
+            out[case(name.strip())] = float(value)
         except ValueError:
             sep = ""
         if not sep:
-            raise ValidationError("--family-weight", f"expected FAMILY=W with W a number, got {item!r}")
+            raise ValidationError(option, f"expected {key}=W with W a number, got {item!r}")
+    return out
+
+
+def _family_weights(items: list[str]) -> dict[str, float]:
+    """``--family-weight`` values, the names and weights checked by
+    :func:`proqual.quality.training.check_family_weights` for the three sequences the phantoms train
+    (before any phantom is made), with errors naming the option."""
+    from proqual.quality.training import check_family_weights
+
+    out = _weights(items, option="--family-weight", key="FAMILY", case=str.lower)
     check_family_weights(out, field="--family-weight", sequences=("T2W", "ADC", "HBV"))
     return out
 
 
+def _sequence_weights(items: list[str]) -> dict[str, float]:
+    """``--sequence-weight`` values (``["HBV=2"]`` -> ``{"HBV": 2.0}``), checked by
+    :func:`proqual.quality.training.check_sequence_weights`, with errors naming the option."""
+    from proqual.quality.training import check_sequence_weights
+
+    out = _weights(items, option="--sequence-weight", key="SEQUENCE", case=str.upper)
+    check_sequence_weights(out, field="--sequence-weight")
+    return out
+
+
 #: options given once per value (``action="append"``); other list values are one option's arguments
-_REPEATABLE = ("family_weight",)
+_REPEATABLE = ("family_weight", "sequence_weight")
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -176,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
     weights = _family_weights(args.family_weight)
     if weights:
         crop["family_weights"] = weights
+    seq_weights = _sequence_weights(args.sequence_weight)
     if args.fov_crop_probability > 0:
         crop.update(fov_crop=(lo, hi), fov_crop_probability=args.fov_crop_probability)
     torch.manual_seed(args.seed)
@@ -204,7 +232,9 @@ def run(args: argparse.Namespace) -> int:
         clean = T.phantom_volumes(
             n_studies=args.n_studies, seed=args.seed, preset=args.preset, progress=bar("phantom studies")
         )
-        train = T.FreshDegradations(clean, per_volume=args.per_volume, seed=args.seed, **crop)
+        train = T.FreshDegradations(
+            clean, per_volume=args.per_volume, seed=args.seed, sequence_weights=seq_weights or None, **crop
+        )
         val = T.phantom_samples(
             n_studies=args.n_val,
             per_volume=6,
@@ -235,6 +265,13 @@ def run(args: argparse.Namespace) -> int:
                 + (
                     "; family weights " + ", ".join(f"{k} {v:g}" for k, v in sorted(weights.items()))
                     if weights
+                    else ""
+                )
+                + (
+                    "; degradations per volume and epoch by sequence "
+                    + ", ".join(f"{s.value} {train.count(s)}" for s in sorted({v.sequence for v in clean}))
+                    + f" ({len(train)} samples per epoch)"
+                    if seq_weights
                     else ""
                 ),
                 "validation": f"{args.n_val} phantom studies from index 10000",

@@ -276,29 +276,58 @@ class FreshDegradations:
     clean volume, drawn from a generator seeded by ``(seed, epoch)`` (reproducible, and independent of
     when it runs). The simulator costs about 35 ms per PI-CAI-sized T2W sample, a fraction of a training
     step, so the model never sees the same degraded image twice instead of memorising a fixed set.
+    ``sequence_weights`` (sequence name -> weight > 0, 1 for sequences not named): a volume of that
+    sequence gets ``round(per_volume * weight)`` degradations (at least one), so a sequence the model
+    finds harder can be seen more often; ``None`` (the default): ``per_volume`` for every volume.
     ``kwargs`` go to :func:`simulate_samples`."""
 
-    def __init__(self, volumes: Seq[CleanVolume], *, per_volume: int, seed: int, **kwargs):
+    def __init__(
+        self,
+        volumes: Seq[CleanVolume],
+        *,
+        per_volume: int,
+        seed: int,
+        sequence_weights: Mapping[str, float] | None = None,
+        **kwargs,
+    ):
         if not volumes:
             raise ValidationError("volumes", "no clean volumes to degrade")
         if per_volume < 1:
             raise ValidationError("per_volume", f"must be >= 1, got {per_volume}")
+        check_sequence_weights(sequence_weights or {})
         self.volumes = list(volumes)
         self.per_volume = per_volume
         self.seed = seed
+        self.sequence_weights = dict(sequence_weights or {})
         self.kwargs = kwargs
 
+    def count(self, sequence: Sequence) -> int:
+        """Degradations per epoch of one volume of ``sequence``."""
+        w = float(self.sequence_weights.get(sequence.value, 1.0))
+        return max(1, int(round(self.per_volume * w)))
+
     def __len__(self) -> int:
-        return len(self.volumes) * self.per_volume
+        return sum(self.count(v.sequence) for v in self.volumes)
 
     def __call__(self, epoch: int) -> list[QualitySample]:
         rng = np.random.default_rng((self.seed, epoch))
         out: list[QualitySample] = []
         for v in self.volumes:
             out += simulate_samples(
-                v.volume, v.sequence, rng=rng, n=self.per_volume, gland=v.gland, **self.kwargs
+                v.volume, v.sequence, rng=rng, n=self.count(v.sequence), gland=v.gland, **self.kwargs
             )
         return out
+
+
+def check_sequence_weights(weights: Mapping[str, float], *, field: str = "sequence_weights") -> None:
+    """Raise :class:`ValidationError` on ``field`` unless every name in ``weights`` is a
+    :class:`proqual.study.Sequence` value (e.g. ``"HBV"``) and every weight a finite number above 0."""
+    known = {s.value for s in Sequence}
+    for name, w in weights.items():
+        if name not in known:
+            raise ValidationError(field, f"unknown sequence {name!r}; known: {', '.join(sorted(known))}")
+        if not (np.isfinite(w) and w > 0):
+            raise ValidationError(field, f"weight of {name} must be a finite number above 0, got {w}")
 
 
 def phantom_samples(

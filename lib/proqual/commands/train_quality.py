@@ -18,6 +18,10 @@ DESCRIPTION = (
 )
 
 
+#: ``--sequence-weight`` when none is given: the shipped weights saw each HBV volume twice as often
+DEFAULT_SEQUENCE_WEIGHTS = ("HBV=2",)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
@@ -74,11 +78,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sequence-weight",
         action="append",
-        default=[],
+        default=None,
         metavar="SEQUENCE=W",
         help="give each volume of SEQUENCE (T2W, ADC or HBV) round(W x --per-volume) degradations per "
-        "epoch instead of --per-volume (repeatable, e.g. --sequence-weight HBV=2; an epoch gets longer "
-        "by the added samples; default: every sequence --per-volume)",
+        "epoch instead of --per-volume (repeatable; an epoch gets longer by the added samples; default "
+        f"{' '.join(DEFAULT_SEQUENCE_WEIGHTS)}, as for the shipped weights; HBV=1 gives every sequence "
+        "--per-volume)",
     )
     parser.add_argument("--preset", default="sample", help="phantom preset (default sample)")
     parser.add_argument("--epochs", type=int, default=40, help="upstream epochs (default 40)")
@@ -199,6 +204,8 @@ def run(args: argparse.Namespace) -> int:
     lo, hi = args.fov_crop
     if not 0 < lo <= hi <= 1:
         raise ValidationError("--fov-crop", f"needs 0 < LO <= HI <= 1, got {lo} {hi}")
+    if args.sequence_weight is None:
+        args.sequence_weight = list(DEFAULT_SEQUENCE_WEIGHTS)
     crop: dict = {"zero_background": args.zero_background}
     weights = _family_weights(args.family_weight)
     if weights:

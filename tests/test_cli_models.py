@@ -213,8 +213,8 @@ def test_train_quality_upstream_with_fov_crop_records_it(tmp_path, capsys):
 
 def test_train_quality_defaults_are_the_shipped_augmentations(tmp_path, capsys):
     """With no augmentation options the run uses the shipped weights' setting (a quarter of the clean
-    volumes cropped to 0.5..1 of each axis, a quarter with a zero background, HBV volumes degraded twice
-    as often); 0 (HBV=1) turns each off."""
+    volumes cropped to 0.5..1 of each axis, a quarter with a zero background, HBV volumes degraded three
+    times as often); 0 (HBV=1) turns each off."""
     import torch
 
     base = ["train-quality", "--n-studies", "1", "--per-volume", "1", "--n-val", "1", "--epochs", "1"]
@@ -223,14 +223,14 @@ def test_train_quality_defaults_are_the_shipped_augmentations(tmp_path, capsys):
     data = torch.load(tmp_path / "d.pt", weights_only=True)["meta"]["stages"][0]["data"]
     assert "0.25 of them from an in-plane crop to 0.5..1 of each axis" in data
     assert "0.25 of them with the background set to zero" in data
-    assert "by sequence ADC 1, HBV 2, T2W 1 (4 samples per epoch)" in data
+    assert "by sequence ADC 1, HBV 3, T2W 1 (5 samples per epoch)" in data
     shipped = torch.load(MODEL / "quality.pt", weights_only=True)["meta"]["command"]
-    assert "--sequence-weight HBV=2" in shipped
+    assert "--sequence-weight HBV=3" in shipped
     off = ["--fov-crop-probability", "0", "--zero-background", "0", "--sequence-weight", "HBV=1"]
     assert main([*base, *off, "--out", str(tmp_path / "o.pt")]) == 0
     meta = torch.load(tmp_path / "o.pt", weights_only=True)["meta"]
     data = meta["stages"][0]["data"]
     assert "in-plane crop" not in data and "background set to zero" not in data
     assert "by sequence ADC 1, HBV 1, T2W 1 (3 samples per epoch)" in data
-    assert "--sequence-weight HBV=1" in meta["command"] and "HBV=2" not in meta["command"]
+    assert "--sequence-weight HBV=1" in meta["command"] and "HBV=3" not in meta["command"]
     capsys.readouterr()

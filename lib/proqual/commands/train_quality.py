@@ -18,8 +18,8 @@ DESCRIPTION = (
 )
 
 
-#: ``--sequence-weight`` when none is given: the shipped weights saw each HBV volume twice as often
-DEFAULT_SEQUENCE_WEIGHTS = ("HBV=2",)
+#: ``--sequence-weight`` when none is given: the shipped weights saw each HBV volume three times as often
+DEFAULT_SEQUENCE_WEIGHTS = ("HBV=3",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

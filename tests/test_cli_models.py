@@ -171,6 +171,8 @@ def test_train_quality_upstream_with_fov_crop_records_it(tmp_path, capsys):
         "through_plane=1.5",
         "--sequence-weight",
         "hbv=2",
+        "--family-block",
+        "2",
     ]
     args += ["--out", str(out)]
     assert main(args) == 0
@@ -182,7 +184,8 @@ def test_train_quality_upstream_with_fov_crop_records_it(tmp_path, capsys):
     assert "by sequence ADC 1, HBV 2, T2W 1 (4 samples per epoch)" in data
     cmd = ckpt["meta"]["command"]
     assert "--family-weight bias=2 --family-weight through_plane=1.5" in cmd and "--fov-crop 0.5 0.8" in cmd
-    assert "--sequence-weight hbv=2" in cmd
+    assert "--sequence-weight hbv=2" in cmd and "--family-block 2" in cmd
+    assert ckpt["meta"]["stages"][0]["config"]["family_block"] == 2
     assert ckpt["config"]["masked_pool"] is True
     capsys.readouterr()
     for bad, field in (
@@ -195,6 +198,8 @@ def test_train_quality_upstream_with_fov_crop_records_it(tmp_path, capsys):
         (["--sequence-weight", "flair=2"], "--sequence-weight: unknown sequence 'FLAIR'"),
         (["--sequence-weight", "HBV"], "--sequence-weight"),
         (["--sequence-weight", "HBV=0"], "--sequence-weight"),
+        (["--family-block", "-1"], "--family-block"),
+        (["--family-block", "9"], "--family-block: must be in [0, --batch-size 8], got 9"),
     ):
         assert main(["train-quality", "--no-eval", "--out", str(tmp_path / "x.pt"), *bad]) == 1
         assert field in capsys.readouterr().err

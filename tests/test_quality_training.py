@@ -95,6 +95,31 @@ def test_rank_loss_prefers_the_right_order():
     assert pred.grad[0] < 0 < pred.grad[1]
 
 
+def test_family_order_groups_one_family_across_images():
+    samples = T.FreshDegradations(_clean_volumes(4), per_volume=12, seed=1)(0)
+    families = {s.family for s in samples}
+    assert "clean" in families and any("+" in f for f in families)  # both special cases are present
+    order = T.family_order(samples, 3, np.random.default_rng(0))
+    assert sorted(order.tolist()) == list(range(len(samples)))  # a permutation: every sample once
+
+    def neighbours_alike(idx) -> float:
+        """share of neighbouring samples of one family (a clean sample matches any)"""
+        keys = [samples[i].family.split("+")[0] for i in idx]
+        return np.mean([a == b or "clean" in (a, b) for a, b in zip(keys[:-1], keys[1:], strict=True)])
+
+    # blocks of 3 make two of every three neighbours alike; a shuffle rarely does
+    assert neighbours_alike(order) > 0.6
+    assert neighbours_alike(np.random.default_rng(0).permutation(len(samples))) < 0.4
+    # the same generator state gives the same order; batches use it only when asked
+    assert np.array_equal(order, T.family_order(samples, 3, np.random.default_rng(0)))
+    blocked = list(T._batches(samples, 6, np.random.default_rng(0), family_block=3))
+    assert [id(s) for b in blocked for s in b] == [id(samples[i]) for i in order]
+    plain = list(T._batches(samples, 6, np.random.default_rng(0)))
+    assert [id(s) for b in plain for s in b] != [id(s) for b in blocked for s in b]
+    with pytest.raises(ValidationError, match="family_block"):
+        T.family_order(samples, 0, np.random.default_rng(0))
+
+
 class _Counting(T.FreshDegradations):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)

@@ -85,6 +85,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{' '.join(DEFAULT_SEQUENCE_WEIGHTS)}, as for the shipped weights; HBV=1 gives every sequence "
         "--per-volume)",
     )
+    parser.add_argument(
+        "--family-block",
+        type=int,
+        default=0,
+        metavar="K",
+        help="build each upstream batch from blocks of K samples that share an artifact family (from "
+        "different volumes and sequences), so the ranking loss compares one family across images, as "
+        "the per-family evaluation does (default 0: random batches)",
+    )
     parser.add_argument("--preset", default="sample", help="phantom preset (default sample)")
     parser.add_argument("--epochs", type=int, default=40, help="upstream epochs (default 40)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -201,6 +210,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValidationError("--fov-crop-probability", f"must be in [0, 1], got {args.fov_crop_probability}")
     if not 0 <= args.zero_background <= 1:
         raise ValidationError("--zero-background", f"must be in [0, 1], got {args.zero_background}")
+    if not 0 <= args.family_block <= args.batch_size:
+        raise ValidationError(
+            "--family-block", f"must be in [0, --batch-size {args.batch_size}], got {args.family_block}"
+        )
     lo, hi = args.fov_crop
     if not 0 < lo <= hi <= 1:
         raise ValidationError("--fov-crop", f"needs 0 < LO <= HI <= 1, got {lo} {hi}")
@@ -251,7 +264,12 @@ def run(args: argparse.Namespace) -> int:
             progress=bar("simulating validation data"),
         )
         cfg = T.TrainConfig(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            device=args.device,
+            family_block=args.family_block,
         )
         hist = T.train(model, train, cfg=cfg, val_samples=val, progress=epoch_line)
         meta["stages"].append(

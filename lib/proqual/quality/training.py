@@ -374,16 +374,52 @@ class TrainConfig:
     w_rank: float = 1.0
     rank_min_gap: float = 0.05
     rank_temperature: float = 0.1
+    #: batches made of blocks of this many samples of one artifact family (0: random batches); see
+    #: :func:`family_order`
+    family_block: int = 0
     #: fraction of training samples whose prompt is replaced by OTHER, so that the OTHER prompt (used
     #: for sequences the model does not know) is trained as a generic one
     prompt_dropout: float = 0.2
     extra: dict = field(default_factory=dict)
 
 
-def _batches(samples: list[QualitySample], batch_size: int, rng: np.random.Generator | None):
-    order = np.arange(len(samples)) if rng is None else rng.permutation(len(samples))
+def _batches(
+    samples: list[QualitySample], batch_size: int, rng: np.random.Generator | None, *, family_block: int = 0
+):
+    """Batches of ``batch_size`` in a random order (``rng``; ``None``: in order). With ``family_block``
+    K > 0 (and ``rng``) a batch is made of blocks of K samples that share an artifact family, drawn
+    from different volumes and sequences (see :func:`family_order`)."""
+    if rng is None:
+        order = np.arange(len(samples))
+    elif family_block > 0:
+        order = family_order(samples, family_block, rng)
+    else:
+        order = rng.permutation(len(samples))
     for i in range(0, len(order), batch_size):
         yield [samples[j] for j in order[i : i + batch_size]]
+
+
+def family_order(samples: Seq[QualitySample], block: int, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of ``samples`` in which consecutive runs of ``block`` indices share a family: a
+    sample's family is the first one in its name (``"bias+noise"`` -> bias); a clean sample joins a family
+    of its sequence drawn at random. Each family's samples are shuffled and cut into blocks (the last
+    one may be shorter) and the blocks are shuffled. The per-family evaluation pools volumes and
+    sequences, so blocks put pairs of one family from different images into the ranking loss."""
+    if block < 1:
+        raise ValidationError("family_block", f"must be >= 1, got {block}")
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        if s.family == "clean":
+            fams = A.families_for(s.sequence.value if s.sequence is not Sequence.OTHER else "T2W")
+            key = fams[int(rng.integers(len(fams)))].value
+        else:
+            key = s.family.split("+")[0]
+        groups.setdefault(key, []).append(i)
+    blocks = []
+    for key in sorted(groups):
+        idx = rng.permutation(np.asarray(groups[key]))
+        blocks += [idx[j : j + block] for j in range(0, len(idx), block)]
+    return np.concatenate([blocks[k] for k in rng.permutation(len(blocks))])
 
 
 def _collate(batch: list[QualitySample], device: str):
@@ -517,7 +553,7 @@ def _train_epoch(model, samples, opt, sched, cfg: TrainConfig, rng: np.random.Ge
     """One pass over ``samples``; returns the mean of every loss term."""
     model.train()
     totals, n = {}, 0
-    for chunk in _batches(samples, cfg.batch_size, rng):
+    for chunk in _batches(samples, cfg.batch_size, rng, family_block=cfg.family_block):
         batch = _collate(chunk, cfg.device)
         if cfg.prompt_dropout > 0:
             drop = torch.from_numpy(rng.random(len(chunk)) < cfg.prompt_dropout).to(cfg.device)

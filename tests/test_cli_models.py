@@ -219,23 +219,31 @@ def test_train_quality_upstream_with_fov_crop_records_it(tmp_path, capsys):
 def test_train_quality_defaults_are_the_shipped_augmentations(tmp_path, capsys):
     """With no augmentation options the run uses the shipped weights' setting (a quarter of the clean
     volumes cropped to 0.5..1 of each axis, a quarter with a zero background, HBV volumes degraded three
-    times as often); 0 (HBV=1) turns each off."""
+    times as often, batches of family blocks of 4); 0 (HBV=1) turns each off, and the default block
+    shrinks to a smaller --batch-size instead of refusing it."""
     import torch
 
     base = ["train-quality", "--n-studies", "1", "--per-volume", "1", "--n-val", "1", "--epochs", "1"]
     base += ["--no-eval"]
     assert main([*base, "--out", str(tmp_path / "d.pt")]) == 0
-    data = torch.load(tmp_path / "d.pt", weights_only=True)["meta"]["stages"][0]["data"]
+    stage = torch.load(tmp_path / "d.pt", weights_only=True)["meta"]["stages"][0]
+    data = stage["data"]
     assert "0.25 of them from an in-plane crop to 0.5..1 of each axis" in data
     assert "0.25 of them with the background set to zero" in data
     assert "by sequence ADC 1, HBV 3, T2W 1 (5 samples per epoch)" in data
+    assert stage["config"]["family_block"] == 4
     shipped = torch.load(MODEL / "quality.pt", weights_only=True)["meta"]["command"]
-    assert "--sequence-weight HBV=3" in shipped
+    assert "--sequence-weight HBV=3" in shipped and "--family-block 4" in shipped
     off = ["--fov-crop-probability", "0", "--zero-background", "0", "--sequence-weight", "HBV=1"]
+    off += ["--family-block", "0"]
     assert main([*base, *off, "--out", str(tmp_path / "o.pt")]) == 0
     meta = torch.load(tmp_path / "o.pt", weights_only=True)["meta"]
     data = meta["stages"][0]["data"]
     assert "in-plane crop" not in data and "background set to zero" not in data
     assert "by sequence ADC 1, HBV 1, T2W 1 (3 samples per epoch)" in data
     assert "--sequence-weight HBV=1" in meta["command"] and "HBV=3" not in meta["command"]
+    assert meta["stages"][0]["config"]["family_block"] == 0 and "--family-block 0" in meta["command"]
+    assert main([*base, "--batch-size", "2", "--out", str(tmp_path / "b.pt")]) == 0
+    meta = torch.load(tmp_path / "b.pt", weights_only=True)["meta"]
+    assert meta["stages"][0]["config"]["family_block"] == 2 and "--family-block 2" in meta["command"]
     capsys.readouterr()

@@ -20,6 +20,7 @@ DESCRIPTION = (
 
 #: ``--sequence-weight`` when none is given: the shipped weights saw each HBV volume three times as often
 DEFAULT_SEQUENCE_WEIGHTS = ("HBV=3",)
+DEFAULT_FAMILY_BLOCK = 4
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,11 +89,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--family-block",
         type=int,
-        default=0,
+        default=None,
         metavar="K",
         help="build each upstream batch from blocks of K samples that share an artifact family (from "
         "different volumes and sequences), so the ranking loss compares one family across images, as "
-        "the per-family evaluation does (default 0: random batches)",
+        f"the per-family evaluation does (default {DEFAULT_FAMILY_BLOCK}, or --batch-size if smaller, as "
+        "for the shipped weights; 0: random batches)",
     )
     parser.add_argument("--preset", default="sample", help="phantom preset (default sample)")
     parser.add_argument("--epochs", type=int, default=40, help="upstream epochs (default 40)")
@@ -210,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValidationError("--fov-crop-probability", f"must be in [0, 1], got {args.fov_crop_probability}")
     if not 0 <= args.zero_background <= 1:
         raise ValidationError("--zero-background", f"must be in [0, 1], got {args.zero_background}")
+    if args.family_block is None:
+        args.family_block = min(DEFAULT_FAMILY_BLOCK, args.batch_size)
     if not 0 <= args.family_block <= args.batch_size:
         raise ValidationError(
             "--family-block", f"must be in [0, --batch-size {args.batch_size}], got {args.family_block}"

@@ -4,7 +4,9 @@ For every family and every sequence it applies to, degrades the clean volumes of
 (preset ``sample``, the quality model's training data) at severities 0, 0.1, ..., 1 and prints the
 normalised RMSE against the clean image (over the voxels above 10 % of the 99.5th percentile), as a
 fraction of the value at severity 1, plus the ratio "half / full" (NRMSE at severity 0.5 over NRMSE
-at 1). An even mapping (the criterion in ``docs/artifacts.md``) gives about 0.5; a value near 0.75
+at 1), and the NRMSE at severity 1 itself ("at 1"), which compares the sequences: the evaluation pools
+them, so a family that changes one sequence much less at the same severity is scored less severe
+there. An even mapping (the criterion in ``docs/artifacts.md``) gives about 0.5; a value near 0.75
 means most of the change happens in the first half of the range, one near 0.3 that low severities
 hardly change the image.
 
@@ -43,7 +45,10 @@ def main() -> None:
     print(
         f"{args.studies} phantom studies (preset sample) from index {args.start}; NRMSE / NRMSE at severity 1"
     )
-    print(f"{'family':14s} {'seq':4s} {'half/full':>9s}  " + " ".join(f"{s:4.1f}" for s in SEVERITIES))
+    print(
+        f"{'family':14s} {'seq':4s} {'at 1':>6s} {'half/full':>9s}  "
+        + " ".join(f"{s:4.1f}" for s in SEVERITIES)
+    )
     for name in args.families:
         fam = A.Family.parse(name)
         for seq in ("T2W", "ADC", "HBV"):
@@ -55,7 +60,9 @@ def main() -> None:
             ]
             m = np.mean(curves, axis=0)
             rel = m / m[-1] if m[-1] > 0 else m
-            print(f"{fam.value:14s} {seq:4s} {rel[5]:9.2f}  " + " ".join(f"{x:4.2f}" for x in rel))
+            print(
+                f"{fam.value:14s} {seq:4s} {m[-1]:6.3f} {rel[5]:9.2f}  " + " ".join(f"{x:4.2f}" for x in rel)
+            )
 
 
 if __name__ == "__main__":

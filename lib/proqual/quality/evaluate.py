@@ -97,24 +97,45 @@ def metrics_of(samples: list[QualitySample], score: np.ndarray) -> dict[str, dic
     return out
 
 
-def phantom_evaluation(
-    model,
+#: the held-out phantoms of the evaluation: cohort seed and first index (training uses indices 0.., the
+#: validation 10000..); fixed, so that runs with different ``--seed`` are measured on the same images
+EVAL_COHORT = 0
+EVAL_START = 20_000
+
+
+def phantom_sweep(
     *,
     n_studies: int,
-    seed: int,
-    start: int,
+    cohort: int = EVAL_COHORT,
+    start: int = EVAL_START,
     preset: str = "sample",
     progress: Callable[[int, int], None] | None = None,
-) -> dict:
+) -> list[QualitySample]:
+    """The sweep samples (:func:`sweep_samples`) of ``n_studies`` phantom studies of ``cohort`` from index
+    ``start``; realisation seed ``cohort * 1000 + index``."""
     from proqual.phantom import make_study
 
     samples = []
     for i in range(n_studies):
-        study = make_study(start + i, seed=seed, preset=preset)
+        study = make_study(start + i, seed=cohort, preset=preset)
         for seq, vol in study.volumes.items():
-            samples += sweep_samples(vol, seq, seed=seed * 1000 + start + i)
+            samples += sweep_samples(vol, seq, seed=cohort * 1000 + start + i)
         if progress:
             progress(i + 1, n_studies)
+    return samples
+
+
+def phantom_evaluation(
+    model,
+    *,
+    n_studies: int,
+    cohort: int = EVAL_COHORT,
+    start: int = EVAL_START,
+    preset: str = "sample",
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """:func:`family_metrics` of ``model`` on :func:`phantom_sweep`."""
+    samples = phantom_sweep(n_studies=n_studies, cohort=cohort, start=start, preset=preset, progress=progress)
     return family_metrics(model, samples)
 
 

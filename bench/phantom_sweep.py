@@ -24,6 +24,12 @@ from proqual.quality.training import predict
 TARGET = 0.90
 
 
+def _summary(metrics: dict[str, dict]) -> tuple[int, int, float]:
+    """Families meeting the target, families, mean SRCC."""
+    srccs = [m["srcc"] for m in metrics.values()]
+    return sum(v >= TARGET for v in srccs), len(srccs), sum(srccs) / len(srccs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoints", nargs="+", type=Path, help="quality checkpoints to compare")
@@ -55,14 +61,11 @@ def main() -> None:
         for fam in sorted(all_):
             vals = " ".join(f"{by[c][fam]['srcc']:6.3f}" if fam in by[c] else "     -" for c in args.cohorts)
             print(f"    {fam:14s} {vals} | {all_[fam]['srcc']:6.3f}")
-        met = " ".join(
-            f"{sum(m['srcc'] >= TARGET for m in by[c].values()):>4d}/{len(by[c])}" for c in args.cohorts
-        )
-        means = " ".join(f"{sum(m['srcc'] for m in by[c].values()) / len(by[c]):6.3f}" for c in args.cohorts)
-        pm = sum(m["srcc"] for m in all_.values()) / len(all_)
-        print(f"    {'mean':14s} {means} | {pm:6.3f}")
+        rows = [_summary(by[c]) for c in args.cohorts]
+        met, n, pm = _summary(all_)
+        print(f"    {'mean':14s} " + " ".join(f"{m:6.3f}" for _, _, m in rows) + f" | {pm:6.3f}")
         print(
-            f"    {'>= ' + str(TARGET):14s} {met} | {sum(m['srcc'] >= TARGET for m in all_.values())}/{len(all_)}"
+            f"    {'>= ' + str(TARGET):14s} " + " ".join(f"{k:>4d}/{j}" for k, j, _ in rows) + f" | {met}/{n}"
         )
 
 

@@ -68,7 +68,9 @@ def main() -> None:
         rows = [_summary(by[c]) for c in args.cohorts]
         met, n, pm, short = _summary(all_)
         print(f"    {'mean':14s} " + " ".join(f"{r[2]:6.3f}" for r in rows) + f" | {pm:6.3f}")
-        print(f"    {'>= ' + str(TARGET):14s} " + " ".join(f"{r[0]:>4d}/{r[1]}" for r in rows) + f" | {met}/{n}")
+        print(
+            f"    {'>= ' + str(TARGET):14s} " + " ".join(f"{r[0]:>4d}/{r[1]}" for r in rows) + f" | {met}/{n}"
+        )
         print(f"    {'shortfall':14s} " + " ".join(f"{r[3]:6.3f}" for r in rows) + f" | {short:6.3f}")
 
 

@@ -232,10 +232,12 @@ def test_train_quality_defaults_are_the_shipped_augmentations(tmp_path, capsys):
     assert "0.25 of them with the background set to zero" in data
     assert "by sequence ADC 1, HBV 3, T2W 1 (5 samples per epoch)" in data
     assert stage["config"]["family_block"] == 4
+    assert "family weights bias 2" in data
     shipped = torch.load(MODEL / "quality.pt", weights_only=True)["meta"]["command"]
     assert "--sequence-weight HBV=3" in shipped and "--family-block 4" in shipped
+    assert "--family-weight bias=2" in shipped
     off = ["--fov-crop-probability", "0", "--zero-background", "0", "--sequence-weight", "HBV=1"]
-    off += ["--family-block", "0"]
+    off += ["--family-block", "0", "--family-weight", "bias=1"]
     assert main([*base, *off, "--out", str(tmp_path / "o.pt")]) == 0
     meta = torch.load(tmp_path / "o.pt", weights_only=True)["meta"]
     data = meta["stages"][0]["data"]
@@ -243,6 +245,7 @@ def test_train_quality_defaults_are_the_shipped_augmentations(tmp_path, capsys):
     assert "by sequence ADC 1, HBV 1, T2W 1 (3 samples per epoch)" in data
     assert "--sequence-weight HBV=1" in meta["command"] and "HBV=3" not in meta["command"]
     assert meta["stages"][0]["config"]["family_block"] == 0 and "--family-block 0" in meta["command"]
+    assert "family weights bias 1" in data and "bias=2" not in meta["command"]
     assert main([*base, "--batch-size", "2", "--out", str(tmp_path / "b.pt")]) == 0
     meta = torch.load(tmp_path / "b.pt", weights_only=True)["meta"]
     assert meta["stages"][0]["config"]["family_block"] == 2 and "--family-block 2" in meta["command"]

@@ -21,6 +21,7 @@ DESCRIPTION = (
 #: ``--sequence-weight`` when none is given: the shipped weights saw each HBV volume three times as often
 DEFAULT_SEQUENCE_WEIGHTS = ("HBV=3",)
 DEFAULT_FAMILY_BLOCK = 4
+DEFAULT_FAMILY_WEIGHTS = ("bias=2",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,10 +76,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--family-weight",
         action="append",
-        default=[],
+        default=None,
         metavar="FAMILY=W",
         help="draw artifact FAMILY W times as often as the others for the training degradations "
-        "(repeatable, e.g. --family-weight bias=2; default: every family of a sequence equally often)",
+        f"(repeatable; default {' '.join(DEFAULT_FAMILY_WEIGHTS)}, as for the shipped weights; any "
+        "--family-weight replaces the default; bias=1: every family of a sequence equally often)",
     )
     parser.add_argument(
         "--sequence-weight",
@@ -233,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValidationError("--fov-crop", f"needs 0 < LO <= HI <= 1, got {lo} {hi}")
     if args.sequence_weight is None:
         args.sequence_weight = list(DEFAULT_SEQUENCE_WEIGHTS)
+    if args.family_weight is None:
+        args.family_weight = list(DEFAULT_FAMILY_WEIGHTS)
     crop: dict = {"zero_background": args.zero_background}
     weights = _family_weights(args.family_weight)
     if weights:

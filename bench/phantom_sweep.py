@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from proqual.quality import evaluate as E
 from proqual.quality.scoring import load_quality_model
@@ -27,11 +28,17 @@ from proqual.quality.training import predict
 TARGET = 0.90
 
 
-def _summary(metrics: dict[str, dict]) -> tuple[int, int, float, float]:
-    """Families meeting the target, families, mean SRCC, summed shortfall from the target."""
+class Summary(NamedTuple):
+    met: int  # families meeting the target
+    n: int  # families
+    mean: float  # mean SRCC
+    shortfall: float  # summed amount by which the families miss the target
+
+
+def _summary(metrics: dict[str, dict]) -> Summary:
     srccs = [m["srcc"] for m in metrics.values()]
     short = sum(max(0.0, TARGET - v) for v in srccs)
-    return sum(v >= TARGET for v in srccs), len(srccs), sum(srccs) / len(srccs), short
+    return Summary(sum(v >= TARGET for v in srccs), len(srccs), sum(srccs) / len(srccs), short)
 
 
 def main() -> None:
@@ -66,12 +73,18 @@ def main() -> None:
             vals = " ".join(f"{by[c][fam]['srcc']:6.3f}" if fam in by[c] else "     -" for c in args.cohorts)
             print(f"    {fam:14s} {vals} | {all_[fam]['srcc']:6.3f}")
         rows = [_summary(by[c]) for c in args.cohorts]
-        met, n, pm, short = _summary(all_)
-        print(f"    {'mean':14s} " + " ".join(f"{r[2]:6.3f}" for r in rows) + f" | {pm:6.3f}")
+        tot = _summary(all_)
+        print(f"    {'mean':14s} " + " ".join(f"{r.mean:6.3f}" for r in rows) + f" | {tot.mean:6.3f}")
         print(
-            f"    {'>= ' + str(TARGET):14s} " + " ".join(f"{r[0]:>4d}/{r[1]}" for r in rows) + f" | {met}/{n}"
+            f"    {'>= ' + str(TARGET):14s} "
+            + " ".join(f"{r.met:>4d}/{r.n}" for r in rows)
+            + f" | {tot.met}/{tot.n}"
         )
-        print(f"    {'shortfall':14s} " + " ".join(f"{r[3]:6.3f}" for r in rows) + f" | {short:6.3f}")
+        print(
+            f"    {'shortfall':14s} "
+            + " ".join(f"{r.shortfall:6.3f}" for r in rows)
+            + f" | {tot.shortfall:6.3f}"
+        )
 
 
 if __name__ == "__main__":

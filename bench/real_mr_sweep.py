@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from proqual import artifacts as A
 from proqual.quality import evaluate as E
 from proqual.quality.scoring import load_quality_model
-from proqual.study import Sequence
 
 TARGET = -0.85
 
@@ -34,13 +32,9 @@ def main() -> None:
     )
     args = ap.parse_args()
     models = {str(p): load_quality_model(p) for p in args.checkpoints}
-    fams = list(A.families_for("T2W"))
     total: dict[str, float] = {}
     for name, vol in E.real_mr_volumes():
-        per_seed = {
-            s: E.sweep_samples(vol, Sequence.T2W, seed=s, prompt=Sequence.OTHER, families=fams)
-            for s in args.seeds
-        }
+        per_seed = {s: E.real_mr_sweep(vol, seed=s) for s in args.seeds}
         pooled = [x for s in args.seeds for x in per_seed[s]]
         print(
             f"\n{name}: SRCC(severity, score) for seeds {' '.join(map(str, args.seeds))} | pooled | seeds meeting {TARGET}"

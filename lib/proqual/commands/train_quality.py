@@ -344,9 +344,9 @@ def run(args: argparse.Namespace) -> int:
             "held_out_phantoms": E.phantom_evaluation(
                 model, n_studies=args.n_eval, preset=args.preset, progress=bar("phantom sweep")
             ),
-            "real_mr": E.real_mr_evaluation(model, seed=0),
+            "real_mr": E.real_mr_evaluation(model, seed=E.EVAL_REAL_SEED),
             "about": f"{args.n_eval} held-out phantom studies (preset {args.preset}, cohort seed "
-            f"{E.EVAL_COHORT}, indices from {E.EVAL_START}) and the real MR volumes, realisation seed 0; "
+            f"{E.EVAL_COHORT}, indices from {E.EVAL_START}) and the real MR volumes, realisation seed {E.EVAL_REAL_SEED}; "
             "the same for every --seed",
         }
     meta["evaluation"] = evaluation

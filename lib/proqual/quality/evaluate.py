@@ -101,6 +101,8 @@ def metrics_of(samples: list[QualitySample], score: np.ndarray) -> dict[str, dic
 #: validation 10000..); fixed, so that runs with different ``--seed`` are measured on the same images
 EVAL_COHORT = 0
 EVAL_START = 20_000
+#: the realisation seed of the real MR sweep of the evaluation (fixed for the same reason)
+EVAL_REAL_SEED = 0
 
 
 def phantom_sweep(
@@ -166,11 +168,14 @@ def real_mr_volumes() -> list[tuple[str, Volume]]:
     ]
 
 
-def real_mr_evaluation(model, *, seed: int = 0) -> dict:
-    results = {}
-    for name, vol in real_mr_volumes():
-        samples = sweep_samples(
-            vol, Sequence.T2W, seed=seed, prompt=Sequence.OTHER, families=[f for f in A.families_for("T2W")]
-        )
-        results[name] = family_metrics(model, samples)
-    return results
+def real_mr_sweep(volume: Volume, *, seed: int = EVAL_REAL_SEED) -> list[QualitySample]:
+    """The sweep samples of one real MR volume: every family that applies to T2W, under the OTHER
+    prompt (the volumes are not prostate sequences), realisation seed ``seed``."""
+    return sweep_samples(
+        volume, Sequence.T2W, seed=seed, prompt=Sequence.OTHER, families=A.families_for("T2W")
+    )
+
+
+def real_mr_evaluation(model, *, seed: int = EVAL_REAL_SEED) -> dict:
+    """:func:`family_metrics` of ``model`` on :func:`real_mr_sweep` of every real MR volume."""
+    return {name: family_metrics(model, real_mr_sweep(vol, seed=seed)) for name, vol in real_mr_volumes()}

@@ -127,7 +127,21 @@ def test_downstream_finetuning_on_expert_ratings(tmp_path, capsys):
         str(out),
     ]
     assert main(args) == 0
-    meta = torch.load(out, weights_only=True)["meta"]
+    ckpt = torch.load(out, weights_only=True)
+    meta = ckpt["meta"]
+    # the shipped weights are an ensemble: it is finetuned as one model (on the members' mean) and stays one
+    assert len(ckpt["config"]["members"]) == 3
+    from proqual.nets.quality_net import QualityEnsemble
+    from proqual.quality.scoring import load_quality_model
+
+    tuned, shipped = load_quality_model(out), load_quality_model(MODEL / "quality.pt")
+    assert isinstance(tuned, QualityEnsemble)
+    changed = [
+        not torch.equal(a, b)
+        for (k, a), b in zip(tuned.state_dict().items(), shipped.state_dict().values(), strict=True)
+        if "members.2." in k and a.is_floating_point()
+    ]
+    assert any(changed)  # every member is trained, the last one included
     assert (
         meta["stages"][0]["stage"] == "downstream" and "4 expert-rated volumes" in meta["stages"][0]["data"]
     )
@@ -233,9 +247,12 @@ def test_train_quality_defaults_are_the_shipped_augmentations(tmp_path, capsys):
     assert "by sequence ADC 1, HBV 3, T2W 1 (5 samples per epoch)" in data
     assert stage["config"]["family_block"] == 4
     assert "family weights bias 2" in data
-    shipped = torch.load(MODEL / "quality.pt", weights_only=True)["meta"]["command"]
-    assert "--sequence-weight HBV=3" in shipped and "--family-block 4" in shipped
-    assert "--family-weight bias=2" in shipped
+    shipped = torch.load(MODEL / "quality.pt", weights_only=True)["meta"]
+    commands = [m["command"] for m in shipped["members"]]  # the shipped weights are an ensemble
+    assert len(commands) == 3 and shipped["command"].startswith("proqual ensemble-quality ")
+    for seed, cmd in enumerate(commands):
+        assert "--sequence-weight HBV=3" in cmd and "--family-block 4" in cmd
+        assert "--family-weight bias=2" in cmd and f"--seed {seed} " in cmd
     off = ["--fov-crop-probability", "0", "--zero-background", "0", "--sequence-weight", "HBV=1"]
     off += ["--family-block", "0", "--family-weight", "bias=1"]
     assert main([*base, *off, "--out", str(tmp_path / "o.pt")]) == 0
@@ -278,3 +295,69 @@ def test_train_quality_evaluates_on_the_same_images_whatever_the_seed(tmp_path, 
             got = evaluation["real_mr"][name][fam]["srcc_severity_vs_score"]
             assert got == pytest.approx(m["srcc_severity_vs_score"], abs=1e-6)
     assert "phantom bias" in capsys.readouterr().out
+
+
+def _tiny_checkpoints(folder: Path, n: int) -> list[Path]:
+    import torch
+    from proqual.nets.quality_net import QualityNet, QualityNetConfig
+    from proqual.quality.training import save_quality_checkpoint
+
+    out = []
+    for i in range(n):
+        torch.manual_seed(i)
+        p = folder / f"m{i}.pt"
+        save_quality_checkpoint(QualityNet(QualityNetConfig()), p, meta={"command": f"member {i}"})
+        out.append(p)
+    return out
+
+
+def test_ensemble_quality_scores_the_mean_of_its_members(tmp_path, capsys):
+    """proqual ensemble-quality writes one checkpoint that load_quality_model, score and the benches take
+    as any other; its scores are the mean of the members' and its metadata keeps theirs."""
+    import torch
+    from proqual.phantom import make_study
+    from proqual.quality.scoring import load_quality_model, score_volumes
+
+    members = _tiny_checkpoints(tmp_path, 2)
+    out = tmp_path / "ens.pt"
+    assert main(["ensemble-quality", *map(str, members), "--out", str(out), "--no-eval"]) == 0
+    assert "mean of 2 members" in capsys.readouterr().out
+    meta = torch.load(out, weights_only=True)["meta"]
+    assert [m["command"] for m in meta["members"]] == ["member 0", "member 1"]
+    assert meta["command"].startswith("proqual ensemble-quality ")
+    vols = make_study(20_000, seed=0).volumes
+    got = score_volumes(load_quality_model(out), vols)
+    each = [score_volumes(load_quality_model(p), vols) for p in members]
+    for seq, q in got.items():
+        assert q.score == pytest.approx((each[0][seq].score + each[1][seq].score) / 2, abs=2e-4)
+        assert sum(q.piqual_probs.values()) == pytest.approx(1, abs=1e-3)
+        assert len(q.slice_quality) == len(each[0][seq].slice_quality)
+    assert each[0]["T2W"].score != pytest.approx(each[1]["T2W"].score, abs=1e-3)
+    assert main(["score", str(SAMPLE), "--checkpoint", str(out), "--json", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())
+    capsys.readouterr()
+
+
+def test_ensemble_quality_rejects_bad_members(tmp_path, capsys):
+    a, b = _tiny_checkpoints(tmp_path, 2)
+    ens = tmp_path / "ens.pt"
+    cases = [
+        ([str(a)], "at least 2 checkpoints, got 1"),
+        ([str(a), str(a)], "the same checkpoint is given twice"),
+        ([str(a), str(b), "--out", str(a)], "is one of the members"),
+        ([str(a), str(tmp_path / "none.pt")], "none.pt: quality checkpoint not found"),
+    ]
+    for extra, message in cases:
+        assert (
+            main(
+                ["ensemble-quality", *extra, "--no-eval"] + ([] if "--out" in extra else ["--out", str(ens)])
+            )
+            == 1
+        )
+        assert message in capsys.readouterr().err
+        assert not ens.exists()
+    assert main(["ensemble-quality", str(a), str(b), "--out", str(ens), "--no-eval"]) == 0
+    (tmp_path / "c").mkdir()
+    c = _tiny_checkpoints(tmp_path / "c", 1)
+    assert main(["ensemble-quality", str(ens), str(c[0]), "--out", str(tmp_path / "e2.pt"), "--no-eval"]) == 1
+    assert "is itself an ensemble" in capsys.readouterr().err

@@ -150,3 +150,29 @@ def test_checkpoints_written_before_footprint_pooling_load_with_whole_canvas_poo
     assert QualityNetConfig.from_dict({"n_params": 5}).masked_pool is False
     assert QualityNetConfig().masked_pool is True
     assert QualityNetConfig.from_dict(QualityNetConfig().to_dict()).masked_pool is True
+
+
+def test_ensemble_is_the_mean_of_its_members():
+    from proqual.nets.quality_net import QualityEnsemble, QualityEnsembleConfig
+
+    torch.manual_seed(0)
+    a, b = QualityNet(QualityNetConfig(n_params=5)), QualityNet(QualityNetConfig(n_params=5))
+    ens = QualityEnsemble(QualityEnsembleConfig([a.config, b.config]))
+    ens.members[0].load_state_dict(a.state_dict())
+    ens.members[1].load_state_dict(b.state_dict())
+    for m in (a, b, ens):
+        m.eval()
+    x = torch.rand(2, 5, 1, 64, 64)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    kw = {"sequence": torch.tensor([0, 2]), "mask": mask}
+    oa, ob, oe = a(x, **kw), b(x, **kw), ens(x, **kw)
+    for k in ("score", "params", "slice_quality", "saliency"):
+        torch.testing.assert_close(oe[k], (oa[k] + ob[k]) / 2)
+    assert not torch.allclose(oa["score"], ob["score"])  # the members differ, so the mean is not a copy
+    probs = (torch.softmax(oa["piqual_logits"], 1) + torch.softmax(ob["piqual_logits"], 1)) / 2
+    torch.testing.assert_close(torch.softmax(oe["piqual_logits"], 1), probs)
+    torch.testing.assert_close(oe["saliency"].sum(1), torch.ones(2))
+    assert (oe["saliency"][1, 3:] == 0).all()
+    assert oe["embedding"].shape == (2, a.embed_dim + b.embed_dim) == (2, ens.embed_dim)
+    cfg = QualityEnsembleConfig.from_dict(ens.config.to_dict())
+    assert cfg == ens.config

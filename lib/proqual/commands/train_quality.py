@@ -217,7 +217,6 @@ def run(args: argparse.Namespace) -> int:
     from proqual import artifacts as A
     from proqual.errors import ValidationError
     from proqual.nets.quality_net import QualityNet, QualityNetConfig
-    from proqual.quality import evaluate as E
     from proqual.quality import training as T
 
     if not 0 <= args.fov_crop_probability <= 1:
@@ -249,14 +248,13 @@ def run(args: argparse.Namespace) -> int:
     if args.init:
         from proqual.quality.scoring import load_quality_model
 
-        model = load_quality_model(args.init)
+        model = load_quality_model(args.init)  # one QualityNet, or an ensemble trained as one model
     else:
         if args.skip_upstream:
             raise ValidationError("--skip-upstream", "needs --init")
         model = QualityNet(QualityNetConfig(n_params=len(A.PARAM_NAMES)))
 
-    def bar(label):
-        return lambda i, n: print(f"\r{label}: {i}/{n}", end="\n" if i == n else "", flush=True)
+    bar = _bar
 
     def epoch_line(row):
         print(
@@ -336,24 +334,45 @@ def run(args: argparse.Namespace) -> int:
         meta["stages"].append(
             {"stage": "downstream", "data": f"{len(rated)} expert-rated volumes from {args.ratings}", **hist}
         )
-    evaluation: dict = {"held_out_phantoms": {}, "real_mr": {}}
-    if not args.no_eval:
-        print("evaluating on held-out phantoms and real MR volumes ...", flush=True)
-        evaluation = {
-            # the same images whatever --seed is, so that runs can be compared
-            "held_out_phantoms": E.phantom_evaluation(
-                model, n_studies=args.n_eval, preset=args.preset, progress=bar("phantom sweep")
-            ),
-            "real_mr": E.real_mr_evaluation(model, seed=E.EVAL_REAL_SEED),
-            "about": f"{args.n_eval} held-out phantom studies (preset {args.preset}, cohort seed "
-            f"{E.EVAL_COHORT}, indices from {E.EVAL_START}) and the real MR volumes, realisation seed {E.EVAL_REAL_SEED}; "
-            "the same for every --seed",
-        }
+    evaluation = (
+        {"held_out_phantoms": {}, "real_mr": {}}
+        if args.no_eval
+        else evaluate(model, args.n_eval, args.preset)
+    )
     meta["evaluation"] = evaluation
     meta["seconds"] = round(time.time() - t_start)
     meta["command"] = _command_line(args)
     T.save_quality_checkpoint(model, args.out, meta=meta)
     print(f"saved {args.out}")
+    print_evaluation(evaluation)
+    if args.eval_out:
+        args.eval_out.parent.mkdir(parents=True, exist_ok=True)
+        args.eval_out.write_text(json.dumps(meta, indent=2, default=float))
+    return 0
+
+
+def _bar(label):
+    return lambda i, n: print(f"\r{label}: {i}/{n}", end="\n" if i == n else "", flush=True)
+
+
+def evaluate(model, n_eval: int, preset: str) -> dict:
+    """The evaluation recorded in a checkpoint's ``meta.evaluation``: the held-out phantom sweep and the
+    real MR sweep, the same images whatever the training seed."""
+    from proqual.quality import evaluate as E
+
+    print("evaluating on held-out phantoms and real MR volumes ...", flush=True)
+    return {
+        "held_out_phantoms": E.phantom_evaluation(
+            model, n_studies=n_eval, preset=preset, progress=_bar("phantom sweep")
+        ),
+        "real_mr": E.real_mr_evaluation(model, seed=E.EVAL_REAL_SEED),
+        "about": f"{n_eval} held-out phantom studies (preset {preset}, cohort seed "
+        f"{E.EVAL_COHORT}, indices from {E.EVAL_START}) and the real MR volumes, realisation seed {E.EVAL_REAL_SEED}; "
+        "the same for every --seed",
+    }
+
+
+def print_evaluation(evaluation: dict) -> None:
     for fam, m in evaluation["held_out_phantoms"].items():
         seqs = ", ".join(f"{k} {v['srcc']:.3f}" for k, v in m["per_sequence"].items())
         print(
@@ -363,7 +382,3 @@ def run(args: argparse.Namespace) -> int:
     for name, fams in evaluation["real_mr"].items():
         worst = max(m["srcc_severity_vs_score"] for m in fams.values())
         print(f"  real MR {name}: worst SRCC(severity, score) {worst:.3f}")
-    if args.eval_out:
-        args.eval_out.parent.mkdir(parents=True, exist_ok=True)
-        args.eval_out.write_text(json.dumps(meta, indent=2, default=float))
-    return 0

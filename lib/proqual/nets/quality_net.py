@@ -211,3 +211,44 @@ class QualityNet(nn.Module):
             "saliency": saliency,
             "embedding": pooled[:, : self.embed_dim],
         }
+
+
+@dataclass
+class QualityEnsembleConfig:
+    """The configs of the members of a :class:`QualityEnsemble`."""
+
+    members: list[QualityNetConfig]
+
+    def to_dict(self) -> dict:
+        return {"members": [m.to_dict() for m in self.members]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> QualityEnsembleConfig:
+        return cls([QualityNetConfig.from_dict(m) for m in d["members"]])
+
+
+class QualityEnsemble(nn.Module):
+    """The mean of several :class:`QualityNet` members (trained with different seeds): the same inputs and
+    outputs as one member. ``score``, ``params``, ``slice_quality`` and ``saliency`` are the members'
+    means (a mean of saliency weights still sums to 1); ``piqual_logits`` are the log of the mean class
+    probabilities, so that a softmax of them gives the members' mean probabilities; ``embedding`` is the
+    members' embeddings side by side."""
+
+    def __init__(self, config: QualityEnsembleConfig):
+        super().__init__()
+        if not config.members:
+            raise ValueError("an ensemble needs at least one member")
+        self.config = config
+        self.members = nn.ModuleList(QualityNet(c) for c in config.members)
+        self.embed_dim = sum(m.embed_dim for m in self.members)
+
+    def forward(self, x: torch.Tensor, **kwargs) -> dict[str, torch.Tensor]:
+        outs = [m(x, **kwargs) for m in self.members]
+        out = {
+            k: torch.stack([o[k] for o in outs]).mean(0)
+            for k in ("score", "params", "slice_quality", "saliency")
+        }
+        probs = torch.stack([torch.softmax(o["piqual_logits"].float(), -1) for o in outs]).mean(0)
+        out["piqual_logits"] = probs.clamp_min(1e-12).log()
+        out["embedding"] = torch.cat([o["embedding"] for o in outs], -1)
+        return out

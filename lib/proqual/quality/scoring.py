@@ -57,15 +57,23 @@ class StudyQuality(BaseModel):
 
 
 def load_quality_model(path: str | Path, *, device: str = "cpu"):
-    """Load a quality checkpoint (``{"model", "config", "meta"}``). A missing or incompatible file raises
-    :class:`CheckpointError`; the model never runs with random weights."""
-    from proqual.nets.quality_net import QualityNet, QualityNetConfig
+    """Load a quality checkpoint (``{"model", "config", "meta"}``): one :class:`QualityNet`, or a
+    :class:`QualityEnsemble` when the config lists ``members`` (``proqual ensemble-quality``). A missing or
+    incompatible file raises :class:`CheckpointError`; the model never runs with random weights."""
+    from proqual.nets.quality_net import QualityEnsemble, QualityEnsembleConfig, QualityNet, QualityNetConfig
 
     p = Path(path)
     ckpt = read_checkpoint(p, what="quality checkpoint")
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{p}: not a ProQual quality checkpoint (needs 'model' and 'config')")
-    model = QualityNet(QualityNetConfig.from_dict(ckpt["config"]))
+    cfg = ckpt["config"]
+    try:
+        if isinstance(cfg, dict) and "members" in cfg:
+            model = QualityEnsemble(QualityEnsembleConfig.from_dict(cfg))
+        else:
+            model = QualityNet(QualityNetConfig.from_dict(cfg))
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{p}: config does not describe a quality model ({exc})") from exc
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{p}: missing keys {sorted(missing)}; unexpected keys {sorted(unexpected)}")

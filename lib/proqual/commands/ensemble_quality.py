@@ -7,6 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+from proqual.commands.train_quality import add_checkpoint_arguments
+
 NAME = "ensemble-quality"
 HELP = "combine quality checkpoints (e.g. train-quality runs with different --seed) into one mean model"
 DESCRIPTION = (
@@ -26,15 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MEMBER",
         help="quality checkpoints of single models (at least 2)",
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("model/quality.pt"),
-        help="checkpoint path (default model/quality.pt)",
-    )
-    parser.add_argument(
-        "--n-eval", type=int, default=6, help="held-out phantom studies for the family sweep (default 6)"
-    )
+    add_checkpoint_arguments(parser)
     parser.add_argument("--preset", default="sample", help="phantom preset of the sweep (default sample)")
     parser.add_argument(
         "--eval-out", type=Path, help="write the checkpoint's metadata and evaluation (JSON) here"

@@ -24,13 +24,25 @@ DEFAULT_FAMILY_BLOCK = 4
 DEFAULT_FAMILY_WEIGHTS = ("bias=2",)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--out`` and ``--n-eval``, shared with ``ensemble-quality`` (which evaluates the same way)."""
     parser.add_argument(
         "--out",
         type=Path,
         default=Path("model/quality.pt"),
         help="checkpoint path (default model/quality.pt)",
     )
+    parser.add_argument(
+        "--n-eval",
+        type=int,
+        default=6,
+        help="held-out phantom studies for the family sweep (default 6; the same phantoms and real MR realisations for "
+        "every checkpoint and --seed: proqual.quality.evaluate.EVAL_COHORT, EVAL_START, EVAL_REAL_SEED)",
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_checkpoint_arguments(parser)
     parser.add_argument(
         "--n-studies", type=int, default=120, help="phantom studies for training (default 120)"
     )
@@ -42,13 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--n-val", type=int, default=6, help="held-out phantom studies for validation (default 6)"
-    )
-    parser.add_argument(
-        "--n-eval",
-        type=int,
-        default=6,
-        help="held-out phantom studies for the family sweep (default 6; cohort seed 0 from index 20000 and "
-        "realisation seed 0 for the real MR sweep, whatever --seed is)",
     )
     parser.add_argument(
         "--fov-crop",

@@ -333,6 +333,17 @@ def test_ensemble_quality_scores_the_mean_of_its_members(tmp_path, capsys):
         assert sum(q.piqual_probs.values()) == pytest.approx(1, abs=1e-3)
         assert len(q.slice_quality) == len(each[0][seq].slice_quality)
     assert each[0]["T2W"].score != pytest.approx(each[1]["T2W"].score, abs=1e-3)
+    # --half: float16 in the file, float32 in the model, about half the bytes and the same scores
+    half = tmp_path / "ens_half.pt"
+    assert main(["ensemble-quality", *map(str, members), "--out", str(half), "--no-eval", "--half"]) == 0
+    ckpt = torch.load(half, weights_only=True)
+    assert ckpt["meta"]["weights_dtype"] == "float16" and ckpt["meta"]["command"].endswith(" --half")
+    assert {v.dtype for v in ckpt["model"].values() if v.is_floating_point()} == {torch.float16}
+    assert half.stat().st_size < 0.6 * out.stat().st_size
+    half_model = load_quality_model(half)
+    assert {p.dtype for p in half_model.parameters()} == {torch.float32}
+    for seq, q in score_volumes(half_model, vols).items():
+        assert q.score == pytest.approx(got[seq].score, abs=2e-3)
     assert main(["score", str(SAMPLE), "--checkpoint", str(out), "--json", str(tmp_path / "s.json")]) == 0
     assert json.loads((tmp_path / "s.json").read_text())
     capsys.readouterr()

@@ -168,13 +168,20 @@ def load_checkpoint(model: torch.nn.Module, src, *, strict: bool = True) -> Load
 
 
 def save_checkpoint(
-    model: torch.nn.Module, path: str | Path, *, meta: dict, config: dict | None = None
+    model: torch.nn.Module, path: str | Path, *, meta: dict, config: dict | None = None, half: bool = False
 ) -> Path:
-    """``{"model": state_dict, "meta": meta, "config": config}``, written atomically (temp + rename)."""
+    """``{"model": state_dict, "meta": meta, "config": config}``, written atomically (temp + rename).
+
+    ``half`` stores the floating-point tensors as float16 (half the file). ``load_state_dict`` copies
+    them back into the model's float32 tensors, so loading needs nothing special; the model then
+    computes in float32 with weights rounded to float16."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    torch.save({"model": model.state_dict(), "meta": meta, "config": config or {}}, tmp)
+    state = model.state_dict()
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    torch.save({"model": state, "meta": meta, "config": config or {}}, tmp)
     os.replace(tmp, p)
     return p
 

@@ -34,6 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--eval-out", type=Path, help="write the checkpoint's metadata and evaluation (JSON) here"
     )
     parser.add_argument("--no-eval", action="store_true", help="skip the per-family evaluation sweeps")
+    parser.add_argument(
+        "--half",
+        action="store_true",
+        help="store the weights as float16: half the file (4 members fit in 12 MB); the model still computes "
+        "in float32 after loading, and scores move by up to about 5e-4",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     model.eval()
     meta: dict = {
         "ensemble": f"mean of {len(nets)} members",
+        "weights_dtype": "float16" if args.half else "float32",
         "members": [
             {
                 "path": str(p),
@@ -78,14 +85,25 @@ def run(args: argparse.Namespace) -> int:
             for p, n in zip(args.members, nets, strict=True)
         ],
     }
+    if args.half:
+        # evaluate what the file will hold: the weights rounded to float16
+        for slot in model.members:
+            slot.load_state_dict(
+                {k: v.half() if v.is_floating_point() else v for k, v in slot.state_dict().items()}
+            )
     meta["evaluation"] = (
         {"held_out_phantoms": {}, "real_mr": {}}
         if args.no_eval
         else evaluate(model, args.n_eval, args.preset)
     )
     meta["seconds"] = round(time.time() - t0)
-    meta["command"] = "proqual ensemble-quality " + " ".join(map(str, args.members)) + f" --out {args.out}"
-    T.save_quality_checkpoint(model, args.out, meta=meta)
+    meta["command"] = (
+        "proqual ensemble-quality "
+        + " ".join(map(str, args.members))
+        + f" --out {args.out}"
+        + (" --half" if args.half else "")
+    )
+    T.save_quality_checkpoint(model, args.out, meta=meta, half=args.half)
     print(f"saved {args.out} (mean of {len(nets)} members)")
     print_evaluation(meta["evaluation"])
     if args.eval_out:

@@ -631,8 +631,9 @@ def rated_samples(
     return out
 
 
-def save_quality_checkpoint(model, path: str | Path, *, meta: dict) -> Path:
-    """``{"model": state_dict, "config": net config, "meta": {...}}`` written atomically."""
+def save_quality_checkpoint(model, path: str | Path, *, meta: dict, half: bool = False) -> Path:
+    """``{"model": state_dict, "config": net config, "meta": {...}}`` written atomically (``half``: weights
+    stored as float16, see :func:`proqual.checkpoints.save_checkpoint`)."""
     from proqual.checkpoints import save_checkpoint
 
-    return save_checkpoint(model, path, meta=meta, config=model.config.to_dict())
+    return save_checkpoint(model, path, meta=meta, config=model.config.to_dict(), half=half)

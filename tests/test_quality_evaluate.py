@@ -38,3 +38,21 @@ def test_per_sequence_srcc_separates_a_sequence_that_ranks_from_one_that_does_no
     # predicted severity is 1 - score = 0.1 + 0.5 s
     expected = np.sqrt(np.mean([(s - (0.1 + 0.5 * s)) ** 2 for s in SEVERITIES]))
     assert out["noise"]["rmse"] == pytest.approx(expected)
+
+
+def test_sweep_images_are_the_images_behind_sweep_samples_one_realisation_per_family():
+    from proqual import artifacts as A
+    from proqual.io.readers import Volume
+    from proqual.quality.evaluate import sweep_images, sweep_samples
+
+    rng = np.random.default_rng(3)
+    vol = Volume(rng.uniform(50, 100, (24, 20, 6)).astype(np.float32), (1.0, 1.0, 3.0), (0.0, 0.0, 0.0))
+    fams = [A.Family.BIAS, A.Family.NOISE]
+    images = list(sweep_images(vol, Sequence.T2W, seed=11, severities=(0.0, 1.0), families=fams))
+    samples = sweep_samples(vol, Sequence.T2W, seed=11, severities=(0.0, 1.0), families=fams)
+    assert [(f.value, s) for f, s, _, _ in images] == [(x.family, x.severity) for x in samples]
+    for k, fam in enumerate(fams):
+        expected, _ = A.degrade(vol.array, vol.spacing, fam, severity=1.0, seed=11 + k, sequence="HBV")
+        got = [img for f, s, img, _ in images if f is fam and s == 1.0]
+        assert len(got) == 1 and np.array_equal(got[0], expected)
+        assert not np.array_equal(got[0], vol.array)

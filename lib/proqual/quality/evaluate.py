@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,29 +34,46 @@ def sweep_samples(
     families: Iterable[A.Family] | None = None,
     prompt: Sequence | None = None,
 ) -> list[QualitySample]:
+    out = []
+    for fam, sev, img, params in sweep_images(
+        volume, sequence, seed=seed, severities=severities, families=families
+    ):
+        stack = slice_stack(Volume(img, volume.spacing, volume.origin, volume.direction))
+        out.append(
+            QualitySample(
+                slices=stack.slices.half(),
+                sequence=prompt or sequence,
+                score=1 - sev,
+                piqual=0,
+                params=A.param_vector(params),
+                saliency=saliency_target(None, stack.source_index),
+                family=fam.value,
+                severity=sev,
+                fov=stack.fov,
+            )
+        )
+    return out
+
+
+def sweep_images(
+    volume: Volume,
+    sequence: Sequence,
+    *,
+    seed: int,
+    severities: Iterable[float] = SEVERITIES,
+    families: Iterable[A.Family] | None = None,
+) -> Iterator[tuple[A.Family, float, np.ndarray, A.ArtifactParams]]:
+    """The degraded images behind :func:`sweep_samples`, as (family, severity, image, parameters): the
+    k-th family of ``families`` (default: every family of ``sequence``) uses realisation seed ``seed +
+    k`` at every severity, so one sweep is one realisation at growing strength."""
     fams = list(families or A.families_for(sequence.value))
     target = "ADC" if sequence is Sequence.ADC else "HBV"
-    out = []
     for k, fam in enumerate(fams):
         for sev in severities:
             img, params = A.degrade(
                 volume.array, volume.spacing, fam, severity=float(sev), seed=seed + k, sequence=target
             )
-            stack = slice_stack(Volume(img, volume.spacing, volume.origin, volume.direction))
-            out.append(
-                QualitySample(
-                    slices=stack.slices.half(),
-                    sequence=prompt or sequence,
-                    score=1 - float(sev),
-                    piqual=0,
-                    params=A.param_vector(params),
-                    saliency=saliency_target(None, stack.source_index),
-                    family=fam.value,
-                    severity=float(sev),
-                    fov=stack.fov,
-                )
-            )
-    return out
+            yield fam, float(sev), img, params
 
 
 def family_metrics(
@@ -174,6 +191,13 @@ def real_mr_sweep(volume: Volume, *, seed: int = EVAL_REAL_SEED) -> list[Quality
     return sweep_samples(
         volume, Sequence.T2W, seed=seed, prompt=Sequence.OTHER, families=A.families_for("T2W")
     )
+
+
+def real_mr_images(
+    volume: Volume, *, seed: int = EVAL_REAL_SEED
+) -> Iterator[tuple[A.Family, float, np.ndarray, A.ArtifactParams]]:
+    """The degraded images behind :func:`real_mr_sweep` (:func:`sweep_images`), in the same order."""
+    return sweep_images(volume, Sequence.T2W, seed=seed, families=A.families_for("T2W"))
 
 
 def real_mr_evaluation(model, *, seed: int = EVAL_REAL_SEED) -> dict:

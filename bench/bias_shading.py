@@ -1,15 +1,13 @@
 """How far the real-MR bias sweeps can be ranked from the image alone: visible shading against severity.
 
 The bias family multiplies an image by a smooth random field whose strength grows with the severity
-(``proqual.artifacts``). A real volume already carries shading of its own (coil sensitivity, anatomy).
-A field drawn against it would make the image *more* uniform at low severity, so that a score that
-follows what it can see would rise there; the simulator therefore orients every field so that it does
-not cancel the image's own shading (``corr`` >= 0 below; before that, EPI seed 3 had corr -0.69 and
-its shading fell from 0.141 to 0.104 at severity 0.4). For each real MR volume of the evaluation and
-each realisation seed of ``bench/real_mr_sweep.py`` this prints
+(``proqual.artifacts``). A real volume already carries shading of its own (coil sensitivity, anatomy),
+and a field that happens to run against it makes the image *more* uniform at low severity, so a score
+that follows what it can see must rise there. For each real MR volume of the evaluation and each
+realisation seed of ``bench/real_mr_sweep.py`` this prints
 
 - ``corr``: the correlation, over the object, between the simulated log field and the volume's own
-  low-order log shading (negative would mean the field cancels part of the native shading);
+  low-order log shading (negative: the field cancels part of the native shading);
 - ``shading``: the visible shading of the degraded image at severities 0, 0.2, ..., 1, i.e. the
   standard deviation over the object of a 3rd-order Legendre polynomial fitted to its log intensity;
 - per checkpoint given, its score at the same severities;

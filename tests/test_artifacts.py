@@ -359,38 +359,14 @@ def test_bias_field_smooth_and_multiplicative(vol):
     log_ratio = np.log(ratio[fg])
     assert float(log_ratio.std()) == pytest.approx(params.values["bias_coefficient"], rel=1e-3)
     assert abs(float(log_ratio.mean())) < 1e-3
-    # the field's shape is the same whatever the content, up to its orientation: compare with a uniform
-    # image of the same support (no shading of its own, so it gets the field as drawn)
+    # the field is the same whatever the content: compare with a uniform image of the same support
     flat = np.where(fg, 1.0, 0.0).astype(np.float32)
     field = A.apply(flat, SPACING, params)
-    same = np.allclose(ratio[fg], field[fg], rtol=1e-5)
-    assert same or np.allclose(ratio[fg], 1.0 / field[fg], rtol=1e-5)
+    np.testing.assert_allclose(ratio[fg], field[fg], rtol=1e-5)
     # smooth: neighbouring voxels differ by far less than the field varies overall
     inner = ndi.binary_erosion(fg, iterations=2)
     step = np.abs(np.diff(np.log(np.where(fg, field, 1.0)), axis=0))[inner[1:]]
     assert float(step.max()) < 0.05 * float(np.ptp(log_ratio))
-
-
-def test_bias_field_never_cancels_the_native_shading(vol):
-    """An image that is already shaded (a real volume without bias correction) must not become more
-    uniform at a low severity: the field is oriented so that its covariance with log(image) over the
-    object is >= 0, so the visible shading grows with the severity. On a uniform image both
-    orientations are drawn, so the orientation is a choice made for the shaded image."""
-    x = (np.arange(vol.shape[0]) - (vol.shape[0] - 1) / 2)[:, None, None] / vol.shape[0]
-    shaded = (vol * np.exp(0.3 * x)).astype(np.float32)  # a native ramp across the object
-    fg = A.object_mask(shaded)
-    flat = np.where(fg, 1.0, 0.0).astype(np.float32)
-    log_img = np.log(shaded[fg]) - np.log(shaded[fg]).mean()
-    flipped = 0
-    for seed in range(12):
-        params = A.sample_params("bias", np.random.default_rng(seed), severity=0.2)
-        log_field = np.log(A.apply(shaded, SPACING, params)[fg] / shaded[fg])
-        assert float(np.dot(log_field, log_img)) >= 0, seed
-        assert float(np.var(log_img + log_field)) > float(np.var(log_img)), seed
-        drawn = np.log(A.apply(flat, SPACING, params)[fg])
-        if np.allclose(log_field, -drawn, atol=1e-5) and not np.allclose(log_field, drawn, atol=1e-5):
-            flipped += 1
-    assert 0 < flipped < 12  # some draws ran against the ramp and were turned, others were kept
 
 
 def test_lowb_adc_noisy_and_biased():

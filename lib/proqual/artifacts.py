@@ -843,15 +843,7 @@ def _bias_field(img: np.ndarray, spacing, v, seed) -> np.ndarray:
     """exp of a random Legendre polynomial of order ``bias_order`` over physical coordinates scaled to
     [-1, 1] along the longest axis. The log-field has zero mean and standard deviation
     ``bias_coefficient`` over the object (the voxels above 10 % of the 99.5th percentile; the whole
-    grid when there are none), so the coefficient measures the shading that is added.
-
-    The field is oriented against the image's own shading: of the two equally likely fields +f and
-    -f, the one whose covariance with log(image) over the object is not negative. Over the object that
-    covariance equals the covariance with the low-order (polynomial) part of log(image), its native
-    shading (the rest of log(image) is orthogonal to every polynomial of the field's order), so the
-    field never cancels native shading and the visible low-order shading grows with the coefficient.
-    Without this a field could flatten an image that is already shaded (a real volume without bias
-    correction), and a higher severity would look better (``bench/bias_shading.py``)."""
+    grid when there are none), so the coefficient measures the shading that is visible."""
     from numpy.polynomial import legendre
 
     order = int(v["bias_order"])
@@ -873,12 +865,6 @@ def _bias_field(img: np.ndarray, spacing, v, seed) -> np.ndarray:
     log_field -= np.float32(mean)
     if std > 0:
         log_field *= np.float32(coef / std)
-    obj = img[fg]
-    pos = obj > 0
-    if pos.any():
-        lf = log_field[fg][pos].astype(np.float64)
-        if float(np.dot(lf - lf.mean(), np.log(obj[pos].astype(np.float64)))) < 0:
-            log_field = -log_field
     return np.exp(log_field)
 
 

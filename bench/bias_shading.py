@@ -78,9 +78,12 @@ def main() -> None:
         sev_all, shade_all = [], []
         score_all: dict[str, list[float]] = {k: [] for k in models}
         for seed in args.seeds:
-            images = [
-                (sev, img) for fam, sev, img, _ in E.real_mr_images(vol, seed=seed) if fam is A.Family.BIAS
+            bias = [
+                (sev, img, par)
+                for fam, sev, img, par in E.real_mr_images(vol, seed=seed)
+                if fam is A.Family.BIAS
             ]
+            images = [(sev, img) for sev, img, _ in bias]
             field = np.log(np.maximum(images[-1][1][mask], 1e-12)) - np.log(clean[mask])
             corr = float(np.corrcoef(field, native)[0, 1])
             shading = []
@@ -91,7 +94,10 @@ def main() -> None:
             shade_all += shading
             print(f"  seed {seed}: corr {corr:+.2f}  shading " + " ".join(f"{v:.3f}" for v in shading))
             if models:
-                samples = [x for x in E.real_mr_sweep(vol, seed=seed) if x.family == A.Family.BIAS.value]
+                samples = [
+                    E.sweep_sample(vol, A.Family.BIAS, sev, img, par, prompt=E.REAL_MR_PROMPT)
+                    for sev, img, par in bias
+                ]
                 for ckpt, model in models.items():
                     sc = predict(model, samples)["score"]
                     score_all[ckpt] += [float(v) for v in sc]

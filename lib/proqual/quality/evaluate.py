@@ -34,25 +34,31 @@ def sweep_samples(
     families: Iterable[A.Family] | None = None,
     prompt: Sequence | None = None,
 ) -> list[QualitySample]:
-    out = []
-    for fam, sev, img, params in sweep_images(
-        volume, sequence, seed=seed, severities=severities, families=families
-    ):
-        stack = slice_stack(Volume(img, volume.spacing, volume.origin, volume.direction))
-        out.append(
-            QualitySample(
-                slices=stack.slices.half(),
-                sequence=prompt or sequence,
-                score=1 - sev,
-                piqual=0,
-                params=A.param_vector(params),
-                saliency=saliency_target(None, stack.source_index),
-                family=fam.value,
-                severity=sev,
-                fov=stack.fov,
-            )
+    return [
+        sweep_sample(volume, fam, sev, img, params, prompt=prompt or sequence)
+        for fam, sev, img, params in sweep_images(
+            volume, sequence, seed=seed, severities=severities, families=families
         )
-    return out
+    ]
+
+
+def sweep_sample(
+    volume: Volume, family: A.Family, severity: float, image: np.ndarray, params, *, prompt: Sequence
+) -> QualitySample:
+    """One sweep sample: the degraded ``image`` of ``volume`` (one item of :func:`sweep_images`) as the
+    model sees it under ``prompt``, with target score 1 - ``severity``."""
+    stack = slice_stack(Volume(image, volume.spacing, volume.origin, volume.direction))
+    return QualitySample(
+        slices=stack.slices.half(),
+        sequence=prompt,
+        score=1 - severity,
+        piqual=0,
+        params=A.param_vector(params),
+        saliency=saliency_target(None, stack.source_index),
+        family=family.value,
+        severity=severity,
+        fov=stack.fov,
+    )
 
 
 def sweep_images(
@@ -185,11 +191,15 @@ def real_mr_volumes() -> list[tuple[str, Volume]]:
     ]
 
 
+#: the prompt of the real MR sweeps (brain volumes, not prostate sequences)
+REAL_MR_PROMPT = Sequence.OTHER
+
+
 def real_mr_sweep(volume: Volume, *, seed: int = EVAL_REAL_SEED) -> list[QualitySample]:
     """The sweep samples of one real MR volume: every family that applies to T2W, under the OTHER
     prompt (the volumes are not prostate sequences), realisation seed ``seed``."""
     return sweep_samples(
-        volume, Sequence.T2W, seed=seed, prompt=Sequence.OTHER, families=A.families_for("T2W")
+        volume, Sequence.T2W, seed=seed, prompt=REAL_MR_PROMPT, families=A.families_for("T2W")
     )
 
 

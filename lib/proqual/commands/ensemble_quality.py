@@ -16,7 +16,8 @@ DESCRIPTION = (
     "are the means of the members' (train-quality runs with different --seed differ by up to 0.2 SRCC "
     "per family; their mean varies less). The members' own metadata is kept under meta.members, and the "
     "ensemble is evaluated on the same sweeps as train-quality unless --no-eval. Scoring time grows with "
-    "the number of members."
+    "the number of members (and fourfold for the networks with --flips). An ensemble given as a MEMBER "
+    "contributes its members, with their metadata."
 )
 
 
@@ -26,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         type=Path,
         metavar="MEMBER",
-        help="quality checkpoints of single models (at least 2)",
+        help="quality checkpoints: single models, or ensembles, which contribute their members (at least 2 "
+        "members in all)",
     )
     add_checkpoint_arguments(parser)
     parser.add_argument("--preset", default="sample", help="phantom preset of the sweep (default sample)")
@@ -40,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="store the weights as float16: half the file (4 members fit in 12 MB); the model still computes "
         "in float32 after loading, and scores move by up to about 5e-4",
     )
+    parser.add_argument(
+        "--flips",
+        action="store_true",
+        help="score every input also in its in-plane mirror images (left-right, up-down, both) and average "
+        "over the four views: the score no longer depends on which way a shading gradient or other pattern "
+        "runs; the networks' share of the scoring time grows fourfold",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,8 +60,6 @@ def run(args: argparse.Namespace) -> int:
     from proqual.quality import training as T
     from proqual.quality.scoring import load_quality_model
 
-    if len(args.members) < 2:
-        raise ValidationError("MEMBER", f"an ensemble needs at least 2 checkpoints, got {len(args.members)}")
     if len({p.resolve() for p in args.members}) < len(args.members):
         raise ValidationError("MEMBER", "the same checkpoint is given twice")
     if args.n_eval < 1:
@@ -60,30 +67,40 @@ def run(args: argparse.Namespace) -> int:
     if args.out.resolve() in {p.resolve() for p in args.members}:
         raise ValidationError("--out", f"{args.out} is one of the members; write the ensemble elsewhere")
     t0 = time.time()
-    nets = []
+    nets: list[QualityNet] = []
+    members_meta: list[dict] = []
     for p in args.members:
         net = load_quality_model(p)
-        if not isinstance(net, QualityNet):
-            raise ValidationError("MEMBER", f"{p} is itself an ensemble; give its members instead")
-        nets.append(net)
-    model = QualityEnsemble(QualityEnsembleConfig([n.config for n in nets]))
+        if isinstance(net, QualityNet):
+            nets.append(net)
+            members_meta.append(
+                {
+                    "path": str(p),
+                    "sha256": net.version["sha256"],
+                    "command": net.meta.get("command"),
+                    "seconds": net.meta.get("seconds"),
+                    "stages": net.meta.get("stages", []),
+                    "evaluation": net.meta.get("evaluation", {}),
+                }
+            )
+            continue
+        # an ensemble contributes its members; their records come from its own metadata
+        kept = net.meta.get("members") or []
+        if len(kept) != len(net.members):
+            kept = [{} for _ in net.members]
+        for sub, rec in zip(net.members, kept, strict=True):
+            nets.append(sub)
+            members_meta.append({**rec, "via": str(p), "via_sha256": net.version["sha256"]})
+    if len(nets) < 2:
+        raise ValidationError("MEMBER", f"an ensemble needs at least 2 members, got {len(nets)}")
+    model = QualityEnsemble(QualityEnsembleConfig([n.config for n in nets], flips=args.flips))
     for slot, net in zip(model.members, nets, strict=True):
         slot.load_state_dict(net.state_dict())
     model.eval()
     meta: dict = {
-        "ensemble": f"mean of {len(nets)} members",
+        "ensemble": f"mean of {len(nets)} members" + (" over 4 in-plane mirror views" if args.flips else ""),
         "weights_dtype": "float16" if args.half else "float32",
-        "members": [
-            {
-                "path": str(p),
-                "sha256": n.version["sha256"],
-                "command": n.meta.get("command"),
-                "seconds": n.meta.get("seconds"),
-                "stages": n.meta.get("stages", []),
-                "evaluation": n.meta.get("evaluation", {}),
-            }
-            for p, n in zip(args.members, nets, strict=True)
-        ],
+        "members": members_meta,
     }
     if args.half:
         # evaluate what the file will hold: the weights rounded to float16
@@ -102,9 +119,10 @@ def run(args: argparse.Namespace) -> int:
         + " ".join(map(str, args.members))
         + f" --out {args.out}"
         + (" --half" if args.half else "")
+        + (" --flips" if args.flips else "")
     )
     T.save_quality_checkpoint(model, args.out, meta=meta, half=args.half)
-    print(f"saved {args.out} (mean of {len(nets)} members)")
+    print(f"saved {args.out} ({meta['ensemble']})")
     print_evaluation(meta["evaluation"])
     if args.eval_out:
         args.eval_out.parent.mkdir(parents=True, exist_ok=True)

@@ -107,6 +107,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"the per-family evaluation does (default {DEFAULT_FAMILY_BLOCK}, or --batch-size if smaller, as "
         "for the shipped weights; 0: random batches)",
     )
+    parser.add_argument(
+        "--flip",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="mirror each upstream training input along each in-plane axis with probability P "
+        "(independently), so scores do not depend on which way the anatomy or a shading gradient runs "
+        "(default 0: off, as for the shipped weights)",
+    )
     parser.add_argument("--preset", default="sample", help="phantom preset (default sample)")
     parser.add_argument("--epochs", type=int, default=40, help="upstream epochs (default 40)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -228,6 +237,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValidationError("--fov-crop-probability", f"must be in [0, 1], got {args.fov_crop_probability}")
     if not 0 <= args.zero_background <= 1:
         raise ValidationError("--zero-background", f"must be in [0, 1], got {args.zero_background}")
+    if not 0 <= args.flip <= 1:
+        raise ValidationError("--flip", f"must be in [0, 1], got {args.flip}")
     if args.family_block is None:
         args.family_block = min(DEFAULT_FAMILY_BLOCK, args.batch_size)
     if not 0 <= args.family_block <= args.batch_size:
@@ -291,6 +302,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             family_block=args.family_block,
+            flip=args.flip,
         )
         hist = T.train(model, train, cfg=cfg, val_samples=val, progress=epoch_line)
         meta["stages"].append(
@@ -319,7 +331,8 @@ def run(args: argparse.Namespace) -> int:
                     + f" ({len(train)} samples per epoch)"
                     if seq_weights
                     else ""
-                ),
+                )
+                + (f"; inputs mirrored along each in-plane axis with probability {args.flip:g}" if args.flip else ""),
                 "validation": f"{args.n_val} phantom studies from index 10000",
                 **hist,
             }

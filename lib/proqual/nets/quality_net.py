@@ -213,18 +213,28 @@ class QualityNet(nn.Module):
         }
 
 
+#: the in-plane mirror images a :class:`QualityEnsemble` with ``flips`` scores: the tensor dims flipped
+#: for each view of a (B, S, 1, H, W) input (none, W, H, both)
+FLIP_VIEWS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+
 @dataclass
 class QualityEnsembleConfig:
-    """The configs of the members of a :class:`QualityEnsemble`."""
+    """The configs of the members of a :class:`QualityEnsemble`; ``flips``: also score the in-plane mirror
+    images of every input (:data:`FLIP_VIEWS`) and average over them."""
 
     members: list[QualityNetConfig]
+    flips: bool = False
 
     def to_dict(self) -> dict:
-        return {"members": [m.to_dict() for m in self.members]}
+        return {"members": [m.to_dict() for m in self.members], "flips": self.flips}
 
     @classmethod
     def from_dict(cls, d: dict) -> QualityEnsembleConfig:
-        return cls([QualityNetConfig.from_dict(m) for m in d["members"]])
+        flips = d.get("flips", False)
+        if not isinstance(flips, bool):
+            raise ValueError(f"flips must be true or false, got {flips!r}")
+        return cls([QualityNetConfig.from_dict(m) for m in d["members"]], flips=flips)
 
 
 class QualityEnsemble(nn.Module):
@@ -232,7 +242,10 @@ class QualityEnsemble(nn.Module):
     outputs as one member. ``score``, ``params``, ``slice_quality`` and ``saliency`` are the members'
     means (a mean of saliency weights still sums to 1); ``piqual_logits`` are the log of the mean class
     probabilities, so that a softmax of them gives the members' mean probabilities; ``embedding`` is the
-    members' embeddings side by side."""
+    members' embeddings side by side. With ``config.flips`` every member also scores the in-plane mirror
+    images of the input (one batch of four views) and each output is averaged over views before the members
+    are combined, so the score is the same for an image and its mirror image (a shading gradient and the
+    same gradient reversed, for instance); the slice axis is never flipped."""
 
     def __init__(self, config: QualityEnsembleConfig):
         super().__init__()
@@ -242,8 +255,35 @@ class QualityEnsemble(nn.Module):
         self.members = nn.ModuleList(QualityNet(c) for c in config.members)
         self.embed_dim = sum(m.embed_dim for m in self.members)
 
+    def _views(self, x: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, dict, int]:
+        """The input with its mirror images stacked along the batch (view-major) and the keyword
+        arguments to match, and the number of views."""
+        if not self.config.flips:
+            return x, kwargs, 1
+        n = len(FLIP_VIEWS)
+        xs = torch.cat([x.flip(d) if d else x for d in FLIP_VIEWS])
+        kw = {}
+        for k, v in kwargs.items():
+            if v is None:
+                kw[k] = None
+            elif k == "footprint":  # (B, 1, H, W): the same in-plane axes as x
+                kw[k] = torch.cat([v.flip(d) if d else v for d in FLIP_VIEWS])
+            else:  # per image or per slice: the same for every view
+                kw[k] = torch.cat([v] * n)
+        return xs, kw, n
+
     def forward(self, x: torch.Tensor, **kwargs) -> dict[str, torch.Tensor]:
-        outs = [m(x, **kwargs) for m in self.members]
+        xs, kw, n = self._views(x, kwargs)
+        b = x.shape[0]
+        outs = []
+        for m in self.members:
+            o = m(xs, **kw)
+            if n > 1:  # mean over views; the class logits become the mean probabilities' log
+                o = {k: v.reshape(n, b, *v.shape[1:]) for k, v in o.items()}
+                probs = torch.softmax(o.pop("piqual_logits").float(), -1).mean(0)
+                o = {k: v.mean(0) for k, v in o.items()}
+                o["piqual_logits"] = probs.clamp_min(1e-12).log()
+            outs.append(o)
         out = {
             k: torch.stack([o[k] for o in outs]).mean(0)
             for k in ("score", "params", "slice_quality", "saliency")

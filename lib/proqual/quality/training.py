@@ -380,6 +380,10 @@ class TrainConfig:
     #: fraction of training samples whose prompt is replaced by OTHER, so that the OTHER prompt (used
     #: for sequences the model does not know) is trained as a generic one
     prompt_dropout: float = 0.2
+    #: probability that a training input is mirrored along each in-plane axis (independently; inputs and
+    #: their footprints alike, the targets do not depend on it), so the model cannot tie its scores to
+    #: which way the phantom anatomy or a shading gradient runs; 0 (off) for the shipped weights
+    flip: float = 0.0
     extra: dict = field(default_factory=dict)
 
 
@@ -441,6 +445,16 @@ def _collate(batch: list[QualitySample], device: str):
         "saliency": sal.to(device),
         "footprint": footprints([b.fov for b in batch], x.shape[-1]).to(device),
     }
+
+
+def mirror_in_plane(batch: dict, which: np.ndarray) -> None:
+    """Mirror, in place, the inputs ``x`` (B, S, C, H, W) and ``footprint`` (B, 1, H, W) of a collated
+    batch: sample i along W where ``which[i, 0]`` and along H where ``which[i, 1]``."""
+    for col, dim in ((0, -1), (1, -2)):
+        rows = torch.from_numpy(np.flatnonzero(which[:, col])).to(batch["x"].device)
+        if len(rows):
+            for key in ("x", "footprint"):
+                batch[key][rows] = batch[key][rows].flip(dim)
 
 
 def forward(model, batch: dict) -> dict:
@@ -558,6 +572,8 @@ def _train_epoch(model, samples, opt, sched, cfg: TrainConfig, rng: np.random.Ge
         if cfg.prompt_dropout > 0:
             drop = torch.from_numpy(rng.random(len(chunk)) < cfg.prompt_dropout).to(cfg.device)
             batch["sequence"] = batch["sequence"].masked_fill(drop, other)
+        if cfg.flip > 0:
+            mirror_in_plane(batch, rng.random((len(chunk), 2)) < cfg.flip)
         parts = losses(forward(model, batch), batch, cfg)
         opt.zero_grad(set_to_none=True)
         parts["total"].backward()

@@ -332,7 +332,11 @@ def run(args: argparse.Namespace) -> int:
                     if seq_weights
                     else ""
                 )
-                + (f"; inputs mirrored along each in-plane axis with probability {args.flip:g}" if args.flip else ""),
+                + (
+                    f"; inputs mirrored along each in-plane axis with probability {args.flip:g}"
+                    if args.flip
+                    else ""
+                ),
                 "validation": f"{args.n_val} phantom studies from index 10000",
                 **hist,
             }

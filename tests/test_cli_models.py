@@ -187,6 +187,8 @@ def test_train_quality_upstream_with_fov_crop_records_it(tmp_path, capsys):
         "hbv=2",
         "--family-block",
         "2",
+        "--flip",
+        "0.5",
     ]
     args += ["--out", str(out)]
     assert main(args) == 0
@@ -200,12 +202,15 @@ def test_train_quality_upstream_with_fov_crop_records_it(tmp_path, capsys):
     assert "--family-weight bias=2 --family-weight through_plane=1.5" in cmd and "--fov-crop 0.5 0.8" in cmd
     assert "--sequence-weight hbv=2" in cmd and "--family-block 2" in cmd
     assert ckpt["meta"]["stages"][0]["config"]["family_block"] == 2
+    assert "inputs mirrored along each in-plane axis with probability 0.5" in data and "--flip 0.5" in cmd
+    assert ckpt["meta"]["stages"][0]["config"]["flip"] == 0.5
     assert ckpt["config"]["masked_pool"] is True
     capsys.readouterr()
     for bad, field in (
         (["--fov-crop", "0.8", "0.5"], "--fov-crop"),
         (["--fov-crop-probability", "2"], "--fov-crop-probability"),
         (["--zero-background", "-1"], "--zero-background"),
+        (["--flip", "1.5"], "--flip: must be in [0, 1], got 1.5"),
         (["--family-weight", "glare=2"], "--family-weight"),
         (["--family-weight", "bias"], "--family-weight"),
         (["--family-weight", "bias=-1"], "--family-weight"),
@@ -350,10 +355,13 @@ def test_ensemble_quality_scores_the_mean_of_its_members(tmp_path, capsys):
 
 
 def test_ensemble_quality_rejects_bad_members(tmp_path, capsys):
+    import torch
+    from proqual.quality.scoring import load_quality_model
+
     a, b = _tiny_checkpoints(tmp_path, 2)
     ens = tmp_path / "ens.pt"
     cases = [
-        ([str(a)], "at least 2 checkpoints, got 1"),
+        ([str(a)], "at least 2 members, got 1"),
         ([str(a), str(a)], "the same checkpoint is given twice"),
         ([str(a), str(b), "--out", str(a)], "is one of the members"),
         ([str(a), str(tmp_path / "none.pt")], "none.pt: quality checkpoint not found"),
@@ -370,5 +378,15 @@ def test_ensemble_quality_rejects_bad_members(tmp_path, capsys):
     assert main(["ensemble-quality", str(a), str(b), "--out", str(ens), "--no-eval"]) == 0
     (tmp_path / "c").mkdir()
     c = _tiny_checkpoints(tmp_path / "c", 1)
-    assert main(["ensemble-quality", str(ens), str(c[0]), "--out", str(tmp_path / "e2.pt"), "--no-eval"]) == 1
-    assert "is itself an ensemble" in capsys.readouterr().err
+    # an ensemble given as a member contributes its members, with their records
+    e3 = tmp_path / "e3.pt"
+    assert main(["ensemble-quality", str(ens), str(c[0]), "--out", str(e3), "--no-eval", "--flips"]) == 0
+    assert "mean of 3 members over 4 in-plane mirror views" in capsys.readouterr().out
+    ckpt = torch.load(e3, weights_only=True)
+    assert ckpt["config"]["flips"] is True and ckpt["meta"]["command"].endswith(" --flips")
+    assert [m["command"] for m in ckpt["meta"]["members"]] == ["member 0", "member 1", "member 0"]
+    assert [m.get("via") for m in ckpt["meta"]["members"]] == [str(ens), str(ens), None]
+    merged, parts = load_quality_model(e3), [load_quality_model(p) for p in (a, b, c[0])]
+    for slot, part in zip(merged.members, parts, strict=True):
+        for (k, v), w in zip(slot.state_dict().items(), part.state_dict().values(), strict=True):
+            assert torch.equal(v, w), k

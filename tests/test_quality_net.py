@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 from proqual.nets.quality_net import SEQUENCE_PROMPTS, QualityNet, QualityNetConfig
 from proqual.study import Sequence
@@ -176,3 +177,42 @@ def test_ensemble_is_the_mean_of_its_members():
     assert oe["embedding"].shape == (2, a.embed_dim + b.embed_dim) == (2, ens.embed_dim)
     cfg = QualityEnsembleConfig.from_dict(ens.config.to_dict())
     assert cfg == ens.config
+
+
+def test_ensemble_with_flips_scores_an_image_and_its_mirror_images_alike():
+    """With ``flips`` every output is the mean over the four in-plane mirror views of the members' outputs,
+    so mirroring the input in-plane (and its footprint with it) leaves every output unchanged."""
+    from proqual.nets.quality_net import FLIP_VIEWS, QualityEnsemble, QualityEnsembleConfig
+
+    torch.manual_seed(0)
+    a, b = QualityNet(QualityNetConfig(n_params=5)), QualityNet(QualityNetConfig(n_params=5))
+    ens = QualityEnsemble(QualityEnsembleConfig([a.config, b.config], flips=True))
+    ens.members[0].load_state_dict(a.state_dict())
+    ens.members[1].load_state_dict(b.state_dict())
+    for m in (a, b, ens):
+        m.eval()
+    x = torch.rand(2, 5, 1, 64, 48)
+    x[1, :, :, :10] = 0  # a zero band on one side, so the guessed footprint is not symmetric
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    kw = {"sequence": torch.tensor([0, 2]), "mask": mask}
+    with torch.no_grad():
+        out = ens(x, **kw)
+        views = [[m(x.flip(d) if d else x, **kw) for d in FLIP_VIEWS] for m in (a, b)]
+        plain = a(x, **kw)
+        for k in ("score", "params", "slice_quality", "saliency"):
+            want = torch.stack([torch.stack([o[k] for o in v]).mean(0) for v in views]).mean(0)
+            torch.testing.assert_close(out[k], want)
+        assert not torch.allclose(plain["score"], views[0][1]["score"])  # one member alone is not invariant
+        for d in FLIP_VIEWS[1:]:
+            fx = ens(x.flip(d), **kw)
+            for k in ("score", "params", "slice_quality", "saliency", "piqual_logits"):
+                torch.testing.assert_close(fx[k], out[k], atol=1e-5, rtol=1e-5)
+        fp = torch.ones(2, 1, 64, 48)
+        fp[0, :, :, 30:] = 0  # an explicit footprint is mirrored with the image
+        torch.testing.assert_close(
+            ens(x.flip(-1), footprint=fp.flip(-1), **kw)["score"], ens(x, footprint=fp, **kw)["score"]
+        )
+    assert QualityEnsembleConfig.from_dict(ens.config.to_dict()) == ens.config
+    assert QualityEnsembleConfig.from_dict({"members": [a.config.to_dict()]}).flips is False
+    with pytest.raises(ValueError, match="flips must be true or false"):
+        QualityEnsembleConfig.from_dict({"members": [a.config.to_dict()], "flips": "yes"})

@@ -245,3 +245,17 @@ def test_family_weights_change_how_often_each_family_is_drawn():
     only["bias"] = 1.0
     with pytest.raises(ValidationError, match="at least two families"):
         counts(family_weights=only)
+
+
+def test_mirror_in_plane_flips_the_chosen_samples_and_their_footprints():
+    x = torch.arange(3 * 2 * 1 * 4 * 5, dtype=torch.float32).reshape(3, 2, 1, 4, 5)
+    fp = torch.zeros(3, 1, 4, 5)
+    fp[:, :, :3, :2] = 1  # an off-centre field of view
+    batch = {"x": x.clone(), "footprint": fp.clone()}
+    T.mirror_in_plane(batch, np.array([[False, False], [True, False], [True, True]]))
+    torch.testing.assert_close(batch["x"][0], x[0])
+    torch.testing.assert_close(batch["x"][1], x[1].flip(-1))
+    torch.testing.assert_close(batch["x"][2], x[2].flip(-1).flip(-2))
+    torch.testing.assert_close(batch["footprint"][1], fp[1].flip(-1))
+    torch.testing.assert_close(batch["footprint"][2], fp[2].flip((-2, -1)))
+    assert batch["footprint"][2, 0, 3, 4] == 1 and batch["footprint"][2, 0, 0, 0] == 0

@@ -390,3 +390,56 @@ def test_ensemble_quality_rejects_bad_members(tmp_path, capsys):
     for slot, part in zip(merged.members, parts, strict=True):
         for (k, v), w in zip(slot.state_dict().items(), part.state_dict().values(), strict=True):
             assert torch.equal(v, w), k
+
+
+def test_interpolate_quality_mixes_the_weights_and_refuses_what_does_not_fit(tmp_path, capsys):
+    """interpolate-quality: every float weight and batch-norm statistic (1 - alpha) x BASE + alpha x TUNED;
+    alpha 0 and 1 give the two checkpoints' scores back; clear errors for bad alpha and mismatched files."""
+    import torch
+    from proqual.nets.quality_net import QualityNet, QualityNetConfig
+    from proqual.phantom import make_study
+    from proqual.quality.scoring import load_quality_model, score_volumes
+    from proqual.quality.training import save_quality_checkpoint
+
+    base, tuned = _tiny_checkpoints(tmp_path, 2)
+    base_bytes = base.read_bytes()
+    outs = {}
+    for alpha in ("0", "0.25", "1"):
+        outs[alpha] = tmp_path / f"w{alpha}.pt"
+        args = ["interpolate-quality", str(base), str(tuned), "--alpha", alpha, "--out", str(outs[alpha])]
+        assert main([*args, "--no-eval"]) == 0
+    assert "(1 - 0.25) x base + 0.25 x tuned" in capsys.readouterr().out
+    sd_b, sd_t = load_quality_model(base).state_dict(), load_quality_model(tuned).state_dict()
+    mixed = load_quality_model(outs["0.25"]).state_dict()
+    assert any("running_mean" in k for k in mixed)
+    for k, v in mixed.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, 0.75 * sd_b[k] + 0.25 * sd_t[k])
+        else:
+            assert torch.equal(v, sd_t[k])
+    meta = torch.load(outs["0.25"], weights_only=True)["meta"]
+    assert meta["base"]["command"] == "member 0" and meta["tuned"]["command"] == "member 1"
+    assert meta["command"].endswith(f"--alpha 0.25 --out {outs['0.25']}")
+    vols = make_study(20_000, seed=0).volumes
+    for alpha, ref in (("0", base), ("1", tuned)):
+        got, want = (
+            score_volumes(load_quality_model(outs[alpha]), vols),
+            score_volumes(load_quality_model(ref), vols),
+        )
+        for seq in got:
+            assert got[seq].score == pytest.approx(want[seq].score, abs=1e-6)
+    other = tmp_path / "other.pt"
+    save_quality_checkpoint(QualityNet(QualityNetConfig(n_params=5)), other, meta={})
+    bad_out = tmp_path / "bad.pt"
+    for extra, message in (
+        ([str(base), str(tuned), "--alpha", "1.5"], "--alpha: must be in [0, 1], got 1.5"),
+        ([str(base), str(base)], "BASE and TUNED are the same checkpoint"),
+        ([str(base), str(other)], "has another architecture than"),
+        ([str(base), str(tmp_path / "none.pt")], "none.pt: quality checkpoint not found"),
+    ):
+        assert main(["interpolate-quality", *extra, "--no-eval", "--out", str(bad_out)]) == 1
+        assert message in capsys.readouterr().err
+    assert main(["interpolate-quality", str(base), str(tuned), "--no-eval", "--out", str(base)]) == 1
+    assert "is BASE or TUNED" in capsys.readouterr().err
+    assert not bad_out.exists()
+    assert base.read_bytes() == base_bytes  # the refused --out left BASE as it was

@@ -101,6 +101,8 @@ def test_classify_sample_data(tmp_path, capsys):
 def test_downstream_finetuning_on_expert_ratings(tmp_path, capsys):
     """The downstream path: expert PI-QUAL v2 ratings (CSV) finetune an existing quality checkpoint."""
     import torch
+    from proqual.nets.quality_net import QualityNetConfig
+    from proqual.quality.training import save_quality_checkpoint
 
     src = SAMPLE / "images"
     lines = ["path,sequence,piqual"]
@@ -163,6 +165,30 @@ def test_downstream_finetuning_on_expert_ratings(tmp_path, capsys):
         )
         == 1
     )
+    capsys.readouterr()
+    # --member K: one member of the ensemble is finetuned on its own and comes out as one model
+    one = tmp_path / "q_member.pt"
+    assert main([*args[:-1], str(one), "--member", "1"]) == 0
+    from proqual.nets.quality_net import QualityNet
+
+    alone = load_quality_model(one)
+    assert isinstance(alone, QualityNet) and "--member 1" in alone.meta["command"]
+    start = shipped.members[1].state_dict()
+    moved = [not torch.equal(v, start[k]) for k, v in alone.state_dict().items() if v.is_floating_point()]
+    assert any(moved) and alone.state_dict().keys() == start.keys()
+    capsys.readouterr()
+    single = tmp_path / "single.pt"
+    save_quality_checkpoint(QualityNet(QualityNetConfig()), single, meta={})
+    for extra, message in (
+        (["--member", "3"], "--member: must be in [0, 2]"),
+        (["--member", "-1"], "--member: must be in [0, 2]"),
+        (["--init", str(single), "--member", "0"], "is one model, not an ensemble"),
+    ):
+        assert main([*args[:-1], str(tmp_path / "x.pt"), *extra]) == 1
+        assert message in capsys.readouterr().err
+    assert main(["train-quality", "--member", "0", "--no-eval", "--out", str(tmp_path / "x.pt")]) == 1
+    assert "--member: needs --init (an ensemble)" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_train_quality_upstream_with_fov_crop_records_it(tmp_path, capsys):

@@ -132,6 +132,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--init", type=Path, help="start from this quality checkpoint (e.g. for downstream only)"
     )
     parser.add_argument(
+        "--member",
+        type=int,
+        metavar="K",
+        help="with an ensemble as --init: start from its K-th member alone (0-based), so the result is one "
+        "model, not an ensemble finetuned on its mean output",
+    )
+    parser.add_argument(
         "--ratings",
         type=Path,
         help="CSV with columns path,sequence,piqual (expert PI-QUAL v2 1..3) for downstream finetuning",
@@ -265,9 +272,20 @@ def run(args: argparse.Namespace) -> int:
         from proqual.quality.scoring import load_quality_model
 
         model = load_quality_model(args.init)  # one QualityNet, or an ensemble trained as one model
+        if args.member is not None:
+            members = getattr(model, "members", None)
+            if members is None:
+                raise ValidationError("--member", f"{args.init} is one model, not an ensemble")
+            if not 0 <= args.member < len(members):
+                raise ValidationError(
+                    "--member", f"must be in [0, {len(members) - 1}] for {args.init}, got {args.member}"
+                )
+            model = members[args.member]
     else:
         if args.skip_upstream:
             raise ValidationError("--skip-upstream", "needs --init")
+        if args.member is not None:
+            raise ValidationError("--member", "needs --init (an ensemble)")
         model = QualityNet(QualityNetConfig(n_params=len(A.PARAM_NAMES)))
 
     bar = _bar

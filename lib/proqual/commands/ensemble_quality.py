@@ -4,7 +4,6 @@ checkpoint whose model is their mean (:class:`proqual.nets.quality_net.QualityEn
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from proqual.commands.train_quality import add_checkpoint_arguments
@@ -54,10 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from proqual.commands.train_quality import evaluate, print_evaluation
+    from proqual.commands.train_quality import evaluate, save_evaluated
     from proqual.errors import ValidationError
     from proqual.nets.quality_net import QualityEnsemble, QualityEnsembleConfig, QualityNet
-    from proqual.quality import training as T
     from proqual.quality.scoring import load_quality_model
 
     if len({p.resolve() for p in args.members}) < len(args.members):
@@ -121,10 +119,5 @@ def run(args: argparse.Namespace) -> int:
         + (" --half" if args.half else "")
         + (" --flips" if args.flips else "")
     )
-    T.save_quality_checkpoint(model, args.out, meta=meta, half=args.half)
-    print(f"saved {args.out} ({meta['ensemble']})")
-    print_evaluation(meta["evaluation"])
-    if args.eval_out:
-        args.eval_out.parent.mkdir(parents=True, exist_ok=True)
-        args.eval_out.write_text(json.dumps(meta, indent=2, default=float))
+    save_evaluated(model, args, meta, label=meta["ensemble"], half=args.half)
     return 0

@@ -4,7 +4,6 @@ that was finetuned from it (weight-space interpolation, as in WiSE-FT)."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from proqual.commands.train_quality import add_checkpoint_arguments
@@ -56,9 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from proqual.commands.train_quality import evaluate, print_evaluation
+    from proqual.commands.train_quality import evaluate, save_evaluated
     from proqual.errors import ValidationError
-    from proqual.quality import training as T
     from proqual.quality.scoring import load_quality_model
 
     if not 0 <= args.alpha <= 1:
@@ -102,10 +100,5 @@ def run(args: argparse.Namespace) -> int:
     )
     meta["seconds"] = round(time.time() - t0)
     meta["command"] = f"proqual interpolate-quality {args.base} {args.tuned} --alpha {a:g} --out {args.out}"
-    T.save_quality_checkpoint(model, args.out, meta=meta)
-    print(f"saved {args.out} ({meta['interpolation']})")
-    print_evaluation(meta["evaluation"])
-    if args.eval_out:
-        args.eval_out.parent.mkdir(parents=True, exist_ok=True)
-        args.eval_out.write_text(json.dumps(meta, indent=2, default=float))
+    save_evaluated(model, args, meta, label=meta["interpolation"])
     return 0

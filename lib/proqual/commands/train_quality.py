@@ -382,13 +382,23 @@ def run(args: argparse.Namespace) -> int:
     meta["evaluation"] = evaluation
     meta["seconds"] = round(time.time() - t_start)
     meta["command"] = _command_line(args)
-    T.save_quality_checkpoint(model, args.out, meta=meta)
-    print(f"saved {args.out}")
-    print_evaluation(evaluation)
+    save_evaluated(model, args, meta)
+    return 0
+
+
+def save_evaluated(
+    model, args: argparse.Namespace, meta: dict, *, label: str = "", half: bool = False
+) -> None:
+    """Write ``model`` with ``meta`` to ``args.out``, print its evaluation and, with ``args.eval_out``,
+    write ``meta`` there as JSON (train-quality, ensemble-quality, interpolate-quality)."""
+    from proqual.quality import training as T
+
+    T.save_quality_checkpoint(model, args.out, meta=meta, half=half)
+    print(f"saved {args.out}" + (f" ({label})" if label else ""))
+    print_evaluation(meta["evaluation"])
     if args.eval_out:
         args.eval_out.parent.mkdir(parents=True, exist_ok=True)
         args.eval_out.write_text(json.dumps(meta, indent=2, default=float))
-    return 0
 
 
 def _bar(label):

@@ -433,8 +433,10 @@ def test_interpolate_quality_mixes_the_weights_and_refuses_what_does_not_fit(tmp
     for alpha in ("0", "0.25", "1"):
         outs[alpha] = tmp_path / f"w{alpha}.pt"
         args = ["interpolate-quality", str(base), str(tuned), "--alpha", alpha, "--out", str(outs[alpha])]
-        assert main([*args, "--no-eval"]) == 0
+        assert main([*args, "--no-eval", "--eval-out", str(tmp_path / f"w{alpha}.json")]) == 0
     assert "(1 - 0.25) x base + 0.25 x tuned" in capsys.readouterr().out
+    written = json.loads((tmp_path / "w0.25.json").read_text())
+    assert written["tuned"]["command"] == "member 1" and written["evaluation"]["held_out_phantoms"] == {}
     sd_b, sd_t = load_quality_model(base).state_dict(), load_quality_model(tuned).state_dict()
     mixed = load_quality_model(outs["0.25"]).state_dict()
     assert any("running_mean" in k for k in mixed)

@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from proqual.commands.train_quality import evaluate, save_evaluated
+    from proqual.commands.train_quality import checkpoint_record, evaluation_as_asked, save_evaluated
     from proqual.errors import ValidationError
     from proqual.nets.quality_net import QualityEnsemble, QualityEnsembleConfig, QualityNet
     from proqual.quality.scoring import load_quality_model
@@ -73,10 +73,7 @@ def run(args: argparse.Namespace) -> int:
             nets.append(net)
             members_meta.append(
                 {
-                    "path": str(p),
-                    "sha256": net.version["sha256"],
-                    "command": net.meta.get("command"),
-                    "seconds": net.meta.get("seconds"),
+                    **checkpoint_record(p, net),
                     "stages": net.meta.get("stages", []),
                     "evaluation": net.meta.get("evaluation", {}),
                 }
@@ -106,11 +103,7 @@ def run(args: argparse.Namespace) -> int:
             slot.load_state_dict(
                 {k: v.half() if v.is_floating_point() else v for k, v in slot.state_dict().items()}
             )
-    meta["evaluation"] = (
-        {"held_out_phantoms": {}, "real_mr": {}}
-        if args.no_eval
-        else evaluate(model, args.n_eval, args.preset)
-    )
+    meta["evaluation"] = evaluation_as_asked(model, args)
     meta["seconds"] = round(time.time() - t0)
     meta["command"] = (
         "proqual ensemble-quality "

@@ -41,21 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-eval", action="store_true", help="skip the per-family evaluation sweeps")
 
 
-def _record(path: Path, model) -> dict:
-    return {
-        "path": str(path),
-        "sha256": model.version["sha256"],
-        "command": model.meta.get("command"),
-        "seconds": model.meta.get("seconds"),
-    }
-
-
 def run(args: argparse.Namespace) -> int:
     import time
 
     import torch
 
-    from proqual.commands.train_quality import evaluate, save_evaluated
+    from proqual.commands.train_quality import checkpoint_record, evaluation_as_asked, save_evaluated
     from proqual.errors import ValidationError
     from proqual.quality.scoring import load_quality_model
 
@@ -88,16 +79,12 @@ def run(args: argparse.Namespace) -> int:
     model = base.eval()
     meta: dict = {
         "interpolation": f"(1 - {a:g}) x base + {a:g} x tuned, every weight and batch-norm statistic",
-        "base": _record(args.base, base),
-        "tuned": _record(args.tuned, tuned),
+        "base": checkpoint_record(args.base, base),
+        "tuned": checkpoint_record(args.tuned, tuned),
     }
     if base.meta.get("members"):
         meta["members"] = base.meta["members"]
-    meta["evaluation"] = (
-        {"held_out_phantoms": {}, "real_mr": {}}
-        if args.no_eval
-        else evaluate(model, args.n_eval, args.preset)
-    )
+    meta["evaluation"] = evaluation_as_asked(model, args)
     meta["seconds"] = round(time.time() - t0)
     meta["command"] = f"proqual interpolate-quality {args.base} {args.tuned} --alpha {a:g} --out {args.out}"
     save_evaluated(model, args, meta, label=meta["interpolation"])

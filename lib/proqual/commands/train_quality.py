@@ -374,16 +374,29 @@ def run(args: argparse.Namespace) -> int:
         meta["stages"].append(
             {"stage": "downstream", "data": f"{len(rated)} expert-rated volumes from {args.ratings}", **hist}
         )
-    evaluation = (
-        {"held_out_phantoms": {}, "real_mr": {}}
-        if args.no_eval
-        else evaluate(model, args.n_eval, args.preset)
-    )
-    meta["evaluation"] = evaluation
+    meta["evaluation"] = evaluation_as_asked(model, args)
     meta["seconds"] = round(time.time() - t_start)
     meta["command"] = _command_line(args)
     save_evaluated(model, args, meta)
     return 0
+
+
+def evaluation_as_asked(model, args: argparse.Namespace) -> dict:
+    """:func:`evaluate` with ``args.n_eval`` and ``args.preset``, or empty sweeps with ``args.no_eval``."""
+    if args.no_eval:
+        return {"held_out_phantoms": {}, "real_mr": {}}
+    return evaluate(model, args.n_eval, args.preset)
+
+
+def checkpoint_record(path: Path, model) -> dict:
+    """Where a loaded quality checkpoint came from (path, hash) and how it was made (command, seconds),
+    as ensemble- and interpolate-quality keep it in their metadata."""
+    return {
+        "path": str(path),
+        "sha256": model.version["sha256"],
+        "command": model.meta.get("command"),
+        "seconds": model.meta.get("seconds"),
+    }
 
 
 def save_evaluated(

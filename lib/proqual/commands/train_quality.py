@@ -116,6 +116,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(independently), so scores do not depend on which way the anatomy or a shading gradient runs "
         "(default 0: off, as for the shipped weights)",
     )
+    parser.add_argument(
+        "--clean",
+        action="append",
+        default=None,
+        metavar="[SEQUENCE=]PATH",
+        help="add clean volumes to the phantoms for upstream training: an image file or a folder of them "
+        "(repeatable; e.g. acquisitions written by proqual reslice-clean). SEQUENCE (T2W, ADC, HBV or "
+        "OTHER; default OTHER) is the prompt they are trained with and picks their artifact families; "
+        "each gets --per-volume degradations per epoch (scaled by --sequence-weight SEQUENCE=W) and a "
+        "uniform saliency target. They must be free of artifacts: they are the score-1 references",
+    )
     parser.add_argument("--preset", default="sample", help="phantom preset (default sample)")
     parser.add_argument("--epochs", type=int, default=40, help="upstream epochs (default 40)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -190,7 +201,7 @@ def _sequence_weights(items: list[str]) -> dict[str, float]:
 
 
 #: options given once per value (``action="append"``); other list values are one option's arguments
-_REPEATABLE = ("family_weight", "sequence_weight")
+_REPEATABLE = ("family_weight", "sequence_weight", "clean")
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -239,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
     from proqual.errors import ValidationError
     from proqual.nets.quality_net import QualityNet, QualityNetConfig
     from proqual.quality import training as T
+    from proqual.quality.clean import clean_volumes
 
     if not 0 <= args.fov_crop_probability <= 1:
         raise ValidationError("--fov-crop-probability", f"must be in [0, 1], got {args.fov_crop_probability}")
@@ -246,6 +258,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValidationError("--zero-background", f"must be in [0, 1], got {args.zero_background}")
     if not 0 <= args.flip <= 1:
         raise ValidationError("--flip", f"must be in [0, 1], got {args.flip}")
+    if args.clean and args.skip_upstream:
+        raise ValidationError(
+            "--clean", "adds upstream training volumes, so it cannot go with --skip-upstream"
+        )
     if args.family_block is None:
         args.family_block = min(DEFAULT_FAMILY_BLOCK, args.batch_size)
     if not 0 <= args.family_block <= args.batch_size:
@@ -299,9 +315,11 @@ def run(args: argparse.Namespace) -> int:
 
     meta: dict = {"stages": []}
     if not args.skip_upstream:
+        added = clean_volumes(args.clean or [])  # read first: a bad file stops the run before any work
         clean = T.phantom_volumes(
             n_studies=args.n_studies, seed=args.seed, preset=args.preset, progress=bar("phantom studies")
         )
+        clean += added
         train = T.FreshDegradations(
             clean, per_volume=args.per_volume, seed=args.seed, sequence_weights=seq_weights or None, **crop
         )
@@ -353,6 +371,11 @@ def run(args: argparse.Namespace) -> int:
                 + (
                     f"; inputs mirrored along each in-plane axis with probability {args.flip:g}"
                     if args.flip
+                    else ""
+                )
+                + (
+                    f"; plus {len(added)} clean volumes from --clean " + ", ".join(args.clean)
+                    if added
                     else ""
                 ),
                 "validation": f"{args.n_val} phantom studies from index 10000",

@@ -25,22 +25,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder to write the acquisitions to")
     parser.add_argument("--n", type=int, default=24, help="number of acquisitions (default 24)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
-    parser.add_argument(
-        "--in-plane",
-        type=float,
-        nargs=2,
-        metavar=("LO", "HI"),
-        default=IN_PLANE_MM,
-        help=f"in-plane spacing range in mm (default {IN_PLANE_MM[0]:g} {IN_PLANE_MM[1]:g})",
-    )
-    parser.add_argument(
-        "--slice-mm",
-        type=float,
-        nargs=2,
-        metavar=("LO", "HI"),
-        default=SLICE_MM,
-        help=f"slice spacing range in mm (default {SLICE_MM[0]:g} {SLICE_MM[1]:g})",
-    )
+    for flag, default, what in (("--in-plane", IN_PLANE_MM, "in-plane"), ("--slice-mm", SLICE_MM, "slice")):
+        parser.add_argument(
+            flag,
+            type=float,
+            nargs=2,
+            metavar=("LO", "HI"),
+            default=default,
+            help=f"{what} spacing range in mm (default {default[0]:g} {default[1]:g})",
+        )
     parser.add_argument(
         "--slices",
         type=int,

@@ -14,18 +14,17 @@ from proqual.study import Sequence
 
 
 def _ramp_volume(direction=None) -> Volume:
-    """A 0.5 mm isotropic block whose object (a box well inside it) has intensity 10 + the world
-    coordinate along L/R and P/A (mm / 4), so resampled values can be checked against world positions."""
-    shape = (96, 88, 80)
+    """A 0.5 mm isotropic cube whose object (a cube well inside it) has intensity 10 + the sum of the
+    world coordinates / 4. With the identity direction both are symmetric under swapping axes, so
+    resampled values can be checked against world positions whichever axis a cut went across."""
+    shape = (80, 80, 80)
     spacing = (0.5, 0.5, 0.5)
     direction = np.eye(3) if direction is None else np.asarray(direction, float)
-    vol = Volume(np.zeros(shape, np.float32), spacing, (-20.0, 12.0, 5.0), direction)
+    vol = Volume(np.zeros(shape, np.float32), spacing, (7.0, 7.0, 7.0), direction)
     idx = np.indices(shape).reshape(3, -1).astype(float)
     world = (direction @ np.diag(spacing) @ idx).T + np.asarray(vol.origin)
-    ramp = 10.0 + (world[:, 0] + world[:, 1]) / 4.0
-    inside = np.ones(idx.shape[1], bool)
-    for ax, n in enumerate(shape):
-        inside &= (idx[ax] >= n // 6) & (idx[ax] < n - n // 6)
+    ramp = 10.0 + world.sum(1) / 4.0
+    inside = np.all((idx >= 80 // 6) & (idx < 80 - 80 // 6), axis=0)
     vol.array[...] = np.where(inside, ramp, 0.0).reshape(shape).astype(np.float32)
     return vol
 
@@ -63,37 +62,50 @@ def test_clean_files_and_volumes_name_what_is_wrong(tmp_path):
     assert exc.value.source == str(tmp_path / "neg.nii.gz")
 
 
-@pytest.mark.parametrize("direction", [None, [[0, 0, 1], [-1, 0, 0], [0, -1, 0]]])
-def test_reslice_keeps_world_positions_and_draws_within_the_ranges(direction):
-    vol = _ramp_volume(direction)
+def test_reslice_keeps_world_positions_and_draws_within_the_ranges():
+    vol = _ramp_volume()
     rng = np.random.default_rng(5)
-    axes_seen = set()
+    shapes = set()
     for _ in range(9):
         acq = reslice(vol, rng, in_plane=(0.8, 1.6), slice_mm=(2.0, 3.0), slices=6)
         s, s2, t = acq.spacing
         assert s == pytest.approx(s2) and 0.8 <= s <= 1.6 and 2.0 <= t <= 3.0
         assert acq.shape[2] == 6 and acq.array.min() >= 0
+        np.testing.assert_allclose(acq.direction, np.eye(3))  # an axial stack
         # the slab lies within the object: every slice holds object voxels
         assert all((acq.array[:, :, z] > 1.0).any() for z in range(acq.shape[2]))
-        # its direction is the source's axes, reordered (which one became the slice axis varies)
-        cols = np.asarray(acq.direction).T
-        src_cols = np.asarray(vol.direction).T
-        order = [int(np.argmax(np.abs(src_cols @ c))) for c in cols]
-        assert sorted(order) == [0, 1, 2]
-        axes_seen.add(order[2])
         # away from the object's border, smoothing and linear interpolation keep a linear ramp: each
         # voxel's value is the ramp at its world position
-        idx = np.indices(acq.shape).reshape(3, -1).T
-        world = np.array([acq.index_to_world(i) for i in idx[:: max(1, len(idx) // 4000)]])
+        idx = np.indices(acq.shape).reshape(3, -1).T[:: max(1, int(np.prod(acq.shape)) // 4000)]
+        world = np.array([acq.index_to_world(i) for i in idx])
         src_idx = np.array([vol.world_to_index(w) for w in world])
-        n = np.asarray(vol.shape)
-        deep = np.all((src_idx >= n // 6 + 12) & (src_idx <= n - n // 6 - 13), axis=1)
+        deep = np.all((src_idx >= 80 // 6 + 12) & (src_idx <= 80 - 80 // 6 - 13), axis=1)
         assert deep.sum() > 20
-        values = acq.array.reshape(-1, order="C")
-        flat = np.ravel_multi_index(idx[:: max(1, len(idx) // 4000)].T, acq.shape)
-        expected = 10.0 + (world[:, 0] + world[:, 1]) / 4.0
-        np.testing.assert_allclose(values[flat][deep], expected[deep], atol=0.05)
-    assert len(axes_seen) >= 2  # the orientation is drawn
+        values = acq.array[idx[:, 0], idx[:, 1], idx[:, 2]]
+        np.testing.assert_allclose(values[deep], 10.0 + world[deep].sum(1) / 4.0, atol=0.05)
+        shapes.add(acq.shape)
+    assert len(shapes) > 1
+
+
+def test_reslice_cuts_across_every_axis_and_keeps_the_stack_axial():
+    """A volume stored with its superior-inferior axis first: every acquisition keeps that axis as its
+    slice axis, and the cut goes across each of the object's three axes (told apart by an object that
+    is long along one axis only)."""
+    shape = (60, 60, 60)
+    arr = np.zeros(shape, np.float32)
+    arr[25:35, 25:35, 5:55] = 100.0  # a rod along index axis 2
+    perm = [[0, 1, 0], [0, 0, 1], [1, 0, 0]]  # index axis 0 runs superior-inferior (LPS z)
+    vol = Volume(arr, (0.5, 0.5, 0.5), (0.0, 0.0, 0.0), np.asarray(perm, float))
+    rng = np.random.default_rng(1)
+    rod_lengths = set()
+    for _ in range(12):
+        acq = reslice(vol, rng, in_plane=(1.0, 1.0), slice_mm=(1.0, 1.0), slices=4)
+        assert acq.shape[0] == 4 and acq.spacing[0] == pytest.approx(1.0)  # slices along axis 0
+        np.testing.assert_allclose(acq.direction, perm)
+        # in-plane extent of the rod (mm along the longer in-plane axis)
+        inplane = (acq.array > 50).any(axis=0)
+        rod_lengths.add(int(max(np.ptp(np.nonzero(inplane)[i]) for i in range(2))) > 10)
+    assert rod_lengths == {True, False}  # cut along the rod (it lies in the slices) and across it
 
 
 def test_reslice_is_seeded_and_checks_its_ranges():
@@ -106,7 +118,7 @@ def test_reslice_is_seeded_and_checks_its_ranges():
     assert not np.array_equal(a[0].array, acquisitions(vol, n=1, seed=4, slices=5)[0].array)
     # a slab longer than the volume keeps the slices that fit
     short = reslice(vol, np.random.default_rng(0), slice_mm=(5.0, 5.0), slices=24)
-    assert short.shape[2] == int(39.5 // 5.0) + 1
+    assert short.shape[2] == int(39.5 // 5.0) + 1 == 8
     with pytest.raises(ValidationError, match="in_plane"):
         reslice(vol, np.random.default_rng(0), in_plane=(2.0, 1.0))
     with pytest.raises(ValidationError, match="slices"):

@@ -9,7 +9,9 @@ from pathlib import Path
 NAME = "reslice-clean"
 HELP = "draw clinical-like acquisitions from a high-resolution clean volume (for train-quality --clean)"
 DESCRIPTION = (
-    "Each acquisition slices SRC across one of its three axes (equal chance), with an in-plane spacing and "
+    "Each acquisition slices SRC across one of its three axes (equal chance) and is written as an axial "
+    "stack (a cut across another axis swaps that axis with the axial one first: the quality model reads "
+    "axial slices), with an in-plane spacing and "
     "a slice spacing drawn uniformly from the given ranges and a slab of --slices slices placed at random "
     "within the object; each axis is first smoothed so that the new spacing is not aliased and a slice is "
     "as thick as its spacing. The acquisitions are written as OUT/<stem>_NNN.nii.gz (float32), seeded, so "

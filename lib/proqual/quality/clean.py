@@ -2,9 +2,9 @@
 
 :func:`clean_volumes` reads the volumes a user points ``train-quality --clean`` at (files, or folders of
 them), each with the sequence kind its prompt will say. :func:`reslice` draws one clinical-like
-acquisition from a high-resolution clean volume (an orientation, an in-plane and a slice spacing, a slab
-of slices across the object), so a 0.5 mm isotropic template becomes many volumes that look like the
-thick-slice stacks the model scores; :func:`acquisitions` draws several, seeded.
+acquisition from a high-resolution clean volume (a cut across one of its axes, an in-plane and a slice
+spacing, a slab of slices across the object), presented as an axial stack, so a 0.5 mm isotropic template
+becomes many volumes that look like the thick-slice stacks the model scores; :func:`acquisitions` draws several, seeded.
 """
 
 from __future__ import annotations
@@ -77,6 +77,12 @@ def _check_range(name: str, lo: float, hi: float) -> None:
         raise ValidationError(name, f"needs 0 < LO <= HI, got {lo:g} {hi:g}")
 
 
+def axial_axis(volume: Volume) -> int:
+    """The index axis of ``volume`` closest to the patient's superior-inferior axis (its slices are the
+    axial ones the quality model reads)."""
+    return int(np.argmax(np.abs(np.asarray(volume.direction, float)[2, :])))
+
+
 def reslice(
     volume: Volume,
     rng: np.random.Generator,
@@ -85,13 +91,17 @@ def reslice(
     slice_mm: tuple[float, float] = SLICE_MM,
     slices: int = SLAB_SLICES,
 ) -> Volume:
-    """One acquisition drawn from ``volume``: slices across one of its three index axes (equal chance),
-    in-plane spacing uniform in ``in_plane`` and slice spacing uniform in ``slice_mm`` (mm), the whole
-    in-plane extent, and a slab of ``slices`` slices placed uniformly at random within the object's extent
-    along the slice axis (all of it when shorter). Before sampling, each axis is smoothed by a Gaussian
-    whose FWHM makes up the difference between the new and the old spacing (anti-aliasing, and a slice
-    profile as thick as the slice spacing). Linear interpolation; the geometry (origin, direction) is
-    that of the drawn slab in the source's world coordinates."""
+    """One acquisition drawn from ``volume``: slices cut across one of its three index axes (equal
+    chance), in-plane spacing uniform in ``in_plane`` and slice spacing uniform in ``slice_mm`` (mm), the
+    whole in-plane extent, and a slab of ``slices`` slices placed uniformly at random within the object's
+    extent along the slice axis (all of it when shorter). Before sampling, each axis is smoothed by a
+    Gaussian whose FWHM makes up the difference between the new and the old spacing (anti-aliasing, and
+    a slice profile as thick as the slice spacing). Linear interpolation.
+
+    The result is always an axial stack, because the quality model reads axial slices: a cut across
+    another axis is made by first swapping that axis with the volume's axial one (:func:`axial_axis`),
+    i.e. the object is turned (and mirrored) in the scanner rather than the slice plane tilted. With an
+    axial cut the geometry is the slab's own in the source's world coordinates."""
     import SimpleITK as sitk
     from scipy import ndimage
 
@@ -99,19 +109,23 @@ def reslice(
     _check_range("slice_mm", *slice_mm)
     if slices < 1:
         raise ValidationError("slices", f"must be >= 1, got {slices}")
-    src = np.asarray(volume.spacing, float)
-    k = int(rng.integers(0, 3))
+    k = axial_axis(volume)
+    cut = int(rng.integers(0, 3))
+    order = [0, 1, 2]
+    order[k], order[cut] = order[cut], order[k]
+    array = np.transpose(volume.array, order)
+    src = np.asarray(volume.spacing, float)[order]
     a, b = [ax for ax in range(3) if ax != k]
     s = float(rng.uniform(*in_plane))
     t = float(rng.uniform(*slice_mm))
     new = np.empty(3)
     new[[a, b, k]] = (s, s, t)
     sigma_mm = np.sqrt(np.maximum(new**2 - src**2, 0.0)) / 2.355
-    smooth = ndimage.gaussian_filter(volume.array.astype(np.float32), sigma=sigma_mm / src, mode="nearest")
-    extent = (np.asarray(volume.shape) - 1) * src  # mm along each index axis
-    mask = A.object_mask(volume.array)
-    along = np.flatnonzero(mask.any(axis=tuple(ax for ax in range(3) if ax != k)))
-    lo, hi = (along[0], along[-1]) if along.size else (0, volume.shape[k] - 1)
+    smooth = ndimage.gaussian_filter(array.astype(np.float32), sigma=sigma_mm / src, mode="nearest")
+    extent = (np.asarray(array.shape) - 1) * src  # mm along each index axis
+    mask = A.object_mask(array)
+    along = np.flatnonzero(mask.any(axis=(a, b)))
+    lo, hi = (along[0], along[-1]) if along.size else (0, array.shape[k] - 1)
     lo_mm, hi_mm = lo * src[k], hi * src[k]
     n_slices = min(slices, int(extent[k] // t) + 1)
     length = (n_slices - 1) * t
@@ -119,21 +133,21 @@ def reslice(
         start_k = float(rng.uniform(lo_mm, hi_mm - length))
     else:  # the object is shorter than the slab: centre the slab on it, inside the volume
         start_k = float(np.clip((lo_mm + hi_mm - length) / 2, 0.0, extent[k] - length))
-    size = [int(extent[a] // s) + 1, int(extent[b] // s) + 1, n_slices]
+    size = [0, 0, 0]
+    size[a], size[b], size[k] = int(extent[a] // s) + 1, int(extent[b] // s) + 1, n_slices
     offset = np.zeros(3)
     offset[k] = start_k
     direction = np.asarray(volume.direction, float)
     origin = np.asarray(volume.origin, float) + direction @ offset
-    out_dir = direction[:, [a, b, k]]
-    img = Volume(smooth, volume.spacing, volume.origin, volume.direction).to_sitk()
+    img = Volume(smooth, tuple(src), volume.origin, direction).to_sitk()
     res = sitk.Resample(
         img,
         size,
         sitk.Transform(),
         sitk.sitkLinear,
         tuple(float(v) for v in origin),
-        (s, s, t),
-        tuple(float(v) for v in out_dir.ravel()),
+        tuple(float(v) for v in new),
+        tuple(float(v) for v in direction.ravel()),
         0.0,
         sitk.sitkFloat32,
     )

@@ -165,6 +165,13 @@ def test_train_quality_with_clean_volumes_records_them(tmp_path, capsys):
     assert "by sequence ADC 1, HBV 1, OTHER 3, T2W 1 (10 samples per epoch)" in data
     assert f"plus 3 clean volumes from --clean {folder}, t2w={folder / 'v0.nii.gz'}" in data
     assert f"--clean {folder} --clean t2w={folder / 'v0.nii.gz'}" in ckpt["meta"]["command"]
+    records = ckpt["meta"]["stages"][0]["clean_volumes"]
+    assert [(Path(r["path"]).name, r["sequence"]) for r in records] == [
+        ("v0.nii.gz", "OTHER"),
+        ("v1.nii.gz", "OTHER"),
+        ("v0.nii.gz", "T2W"),
+    ]
+    assert records[0]["sha256"] == records[2]["sha256"] != records[1]["sha256"]
     capsys.readouterr()
     # a bad clean path stops the run before any phantom is made, and nothing is written
     bad = tmp_path / "bad.pt"

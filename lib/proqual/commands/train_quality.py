@@ -92,7 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=None,
         metavar="SEQUENCE=W",
-        help="give each volume of SEQUENCE (T2W, ADC or HBV) round(W x --per-volume) degradations per "
+        help="give each volume of SEQUENCE (T2W, ADC, HBV, or OTHER for --clean volumes) round(W x --per-volume) "
+        "degradations per "
         "epoch instead of --per-volume (repeatable; an epoch gets longer by the added samples; default "
         f"{' '.join(DEFAULT_SEQUENCE_WEIGHTS)}, as for the shipped weights; HBV=1 gives every sequence "
         "--per-volume)",
@@ -379,6 +380,7 @@ def run(args: argparse.Namespace) -> int:
                     else ""
                 ),
                 "validation": f"{args.n_val} phantom studies from index 10000",
+                "clean_volumes": [_file_record(c.volume.source, c.sequence.value) for c in added],
                 **hist,
             }
         )
@@ -435,6 +437,13 @@ def save_evaluated(
     if args.eval_out:
         args.eval_out.parent.mkdir(parents=True, exist_ok=True)
         args.eval_out.write_text(json.dumps(meta, indent=2, default=float))
+
+
+def _file_record(path: str, sequence: str) -> dict:
+    """Path, sequence and SHA-256 of one ``--clean`` file, so a checkpoint says exactly what it saw."""
+    import hashlib
+
+    return {"path": path, "sequence": sequence, "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
 
 
 def _bar(label):

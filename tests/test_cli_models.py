@@ -471,3 +471,32 @@ def test_interpolate_quality_mixes_the_weights_and_refuses_what_does_not_fit(tmp
     assert "is BASE or TUNED" in capsys.readouterr().err
     assert not bad_out.exists()
     assert base.read_bytes() == base_bytes  # the refused --out left BASE as it was
+
+
+def test_evaluate_quality_writes_the_evaluation_and_keeps_the_weights(tmp_path, capsys):
+    import torch
+    from proqual.quality import evaluate as E
+    from proqual.quality.scoring import load_quality_model
+
+    (src,) = _tiny_checkpoints(tmp_path, 1)
+    out, js = tmp_path / "evaluated.pt", tmp_path / "e.json"
+    args = ["evaluate-quality", str(src), "--n-eval", "1", "--out", str(out), "--eval-out", str(js)]
+    assert main(args) == 0
+    assert "phantom bias" in capsys.readouterr().out
+    before, after = torch.load(src, weights_only=True), torch.load(out, weights_only=True)
+    assert before["meta"] == {"command": "member 0"}  # the source is left alone
+    assert after["meta"]["command"] == "member 0" and "evaluate-quality" in after["meta"]["evaluated_by"]
+    for k, v in before["model"].items():
+        assert torch.equal(v, after["model"][k])
+    evaluation = after["meta"]["evaluation"]
+    assert len(evaluation["held_out_phantoms"]) == 9 and "cohort seed 0" in evaluation["about"]
+    # what it records is what the sweep gives for these weights
+    real = E.real_mr_evaluation(load_quality_model(src), seed=E.EVAL_REAL_SEED)
+    name = next(iter(real))
+    got = evaluation["real_mr"][name]["noise"]["srcc_severity_vs_score"]
+    assert got == pytest.approx(real[name]["noise"]["srcc_severity_vs_score"], abs=1e-6)
+    assert json.loads(js.read_text())["evaluation"]["about"] == evaluation["about"]
+    assert main(["evaluate-quality", str(tmp_path / "none.pt")]) == 1
+    assert "none.pt" in capsys.readouterr().err
+    assert main(["evaluate-quality", str(src), "--n-eval", "0"]) == 1
+    assert "--n-eval: must be >= 1" in capsys.readouterr().err

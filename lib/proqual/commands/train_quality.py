@@ -435,8 +435,13 @@ def save_evaluated(
     print(f"saved {args.out}" + (f" ({label})" if label else ""))
     print_evaluation(meta["evaluation"])
     if args.eval_out:
-        args.eval_out.parent.mkdir(parents=True, exist_ok=True)
-        args.eval_out.write_text(json.dumps(meta, indent=2, default=float))
+        write_meta_json(args.eval_out, meta)
+
+
+def write_meta_json(path: Path, meta: dict) -> None:
+    """A checkpoint's metadata (with its evaluation) as JSON at ``path`` (``--eval-out``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(meta, indent=2, default=float))
 
 
 def _file_record(path: str, sequence: str) -> dict:

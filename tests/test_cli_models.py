@@ -148,6 +148,9 @@ def test_downstream_finetuning_on_expert_ratings(tmp_path, capsys):
         meta["stages"][0]["stage"] == "downstream" and "4 expert-rated volumes" in meta["stages"][0]["data"]
     )
     assert "saved" in capsys.readouterr().out
+    # the checkpoint says what it started from, by hash, whatever the --init path holds later
+    assert meta["init"]["path"] == str(MODEL / "quality.pt") and meta["init"]["member"] is None
+    assert meta["init"]["sha256"] == shipped.version["sha256"]
     (tmp_path / "bad.csv").write_text("path,sequence,piqual\nx.mha,T2W,7\n")
     assert (
         main(
@@ -173,6 +176,7 @@ def test_downstream_finetuning_on_expert_ratings(tmp_path, capsys):
 
     alone = load_quality_model(one)
     assert isinstance(alone, QualityNet) and "--member 1" in alone.meta["command"]
+    assert alone.meta["init"]["member"] == 1
     start = shipped.members[1].state_dict()
     moved = [not torch.equal(v, start[k]) for k, v in alone.state_dict().items() if v.is_floating_point()]
     assert any(moved) and alone.state_dict().keys() == start.keys()

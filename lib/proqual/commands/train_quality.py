@@ -289,6 +289,7 @@ def run(args: argparse.Namespace) -> int:
         from proqual.quality.scoring import load_quality_model
 
         model = load_quality_model(args.init)  # one QualityNet, or an ensemble trained as one model
+        init_record = {**checkpoint_record(args.init, model), "member": args.member}
         if args.member is not None:
             members = getattr(model, "members", None)
             if members is None:
@@ -315,6 +316,8 @@ def run(args: argparse.Namespace) -> int:
         )
 
     meta: dict = {"stages": []}
+    if args.init:
+        meta["init"] = init_record  # what the run started from (the file --init named may change later)
     if not args.skip_upstream:
         added = clean_volumes(args.clean or [])  # read first: a bad file stops the run before any work
         clean = T.phantom_volumes(

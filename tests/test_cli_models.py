@@ -151,6 +151,7 @@ def test_downstream_finetuning_on_expert_ratings(tmp_path, capsys):
     # the checkpoint says what it started from, by hash, whatever the --init path holds later
     assert meta["init"]["path"] == str(MODEL / "quality.pt") and meta["init"]["member"] is None
     assert meta["init"]["sha256"] == shipped.version["sha256"]
+    assert meta["init"]["members"] == shipped.meta.get("members", [])
     (tmp_path / "bad.csv").write_text("path,sequence,piqual\nx.mha,T2W,7\n")
     assert (
         main(
@@ -283,8 +284,14 @@ def test_train_quality_defaults_are_the_shipped_augmentations(tmp_path, capsys):
     assert stage["config"]["family_block"] == 4
     assert "family weights bias 2" in data
     shipped = torch.load(MODEL / "quality.pt", weights_only=True)["meta"]
-    commands = [m["command"] for m in shipped["members"]]  # the shipped weights are an ensemble
-    assert len(commands) == 3 and shipped["command"].startswith("proqual ensemble-quality ")
+    # the shipped weights (c1) are an ensemble (e3) finetuned with clean brain-template volumes
+    assert shipped["command"].startswith("proqual train-quality --out ")
+    assert "--init model/quality.pt" in shipped["command"] and "--clean runs/clean" in shipped["command"]
+    assert "--sequence-weight HBV=3" in shipped["command"] and "--family-block 4" in shipped["command"]
+    assert shipped["init"]["sha256"].startswith("8d442025dc59") and shipped["init"]["member"] is None
+    assert shipped["init"]["command"].startswith("proqual ensemble-quality ")
+    commands = [m["command"] for m in shipped["init"]["members"]]
+    assert len(commands) == 3
     for seed, cmd in enumerate(commands):
         assert "--sequence-weight HBV=3" in cmd and "--family-block 4" in cmd
         assert "--family-weight bias=2" in cmd and f"--seed {seed} " in cmd

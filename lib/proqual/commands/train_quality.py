@@ -289,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
         from proqual.quality.scoring import load_quality_model
 
         model = load_quality_model(args.init)  # one QualityNet, or an ensemble trained as one model
-        init_record = {**checkpoint_record(args.init, model), "member": args.member}
+        start = init_record(args.init, model, member=args.member)
         if args.member is not None:
             members = getattr(model, "members", None)
             if members is None:
@@ -317,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
 
     meta: dict = {"stages": []}
     if args.init:
-        meta["init"] = init_record  # what the run started from (the file --init named may change later)
+        meta["init"] = start  # what the run started from (the file --init named may change later)
     if not args.skip_upstream:
         added = clean_volumes(args.clean or [])  # read first: a bad file stops the run before any work
         clean = T.phantom_volumes(
@@ -425,6 +425,13 @@ def checkpoint_record(path: Path, model) -> dict:
         "command": model.meta.get("command"),
         "seconds": model.meta.get("seconds"),
     }
+
+
+def init_record(path: Path, model, *, member: int | None = None) -> dict:
+    """What a ``--init`` run started from: :func:`checkpoint_record` of the loaded checkpoint, the
+    ``--member`` taken, and the records of its members when it is an ensemble (their commands), so a
+    finetuned checkpoint keeps its whole recipe even after the file ``--init`` named is replaced."""
+    return {**checkpoint_record(path, model), "member": member, "members": model.meta.get("members", [])}
 
 
 def save_evaluated(

@@ -151,7 +151,10 @@ def test_downstream_finetuning_on_expert_ratings(tmp_path, capsys):
     # the checkpoint says what it started from, by hash, whatever the --init path holds later
     assert meta["init"]["path"] == str(MODEL / "quality.pt") and meta["init"]["member"] is None
     assert meta["init"]["sha256"] == shipped.version["sha256"]
+    # a finetune of a finetune keeps the chain: the shipped c1 started from e3, an ensemble of three
     assert meta["init"]["members"] == shipped.meta.get("members", [])
+    assert meta["init"]["init"] == shipped.meta.get("init")
+    assert len(meta["init"]["init"]["members"]) == 3
     (tmp_path / "bad.csv").write_text("path,sequence,piqual\nx.mha,T2W,7\n")
     assert (
         main(

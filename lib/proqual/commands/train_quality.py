@@ -429,9 +429,15 @@ def checkpoint_record(path: Path, model) -> dict:
 
 def init_record(path: Path, model, *, member: int | None = None) -> dict:
     """What a ``--init`` run started from: :func:`checkpoint_record` of the loaded checkpoint, the
-    ``--member`` taken, and the records of its members when it is an ensemble (their commands), so a
-    finetuned checkpoint keeps its whole recipe even after the file ``--init`` named is replaced."""
-    return {**checkpoint_record(path, model), "member": member, "members": model.meta.get("members", [])}
+    ``--member`` taken, the records of its members when it is an ensemble (their commands) and its own
+    ``init`` when it was a finetune too, so a finetuned checkpoint keeps its whole recipe even after the
+    file ``--init`` named is replaced."""
+    return {
+        **checkpoint_record(path, model),
+        "member": member,
+        "members": model.meta.get("members", []),
+        "init": model.meta.get("init"),
+    }
 
 
 def save_evaluated(

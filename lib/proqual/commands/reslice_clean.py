@@ -48,14 +48,14 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from proqual.errors import InputError, ValidationError
-    from proqual.io.readers import image_suffix, read_volume, write_volume
+    from proqual.io.readers import IMAGE_SUFFIXES, image_suffix, read_volume, write_volume
     from proqual.quality.clean import reslice
 
     if args.n < 1:
         raise ValidationError("--n", f"must be >= 1, got {args.n}")
     suffix = image_suffix(args.src)
     if not args.src.is_file() or suffix is None:
-        raise InputError(args.src, "not an image file (.nii.gz, .nii, .mha, .mhd, .nrrd, .nhdr)")
+        raise InputError(args.src, f"not an image file ({', '.join(IMAGE_SUFFIXES)})")
     vol = read_volume(args.src)
     rng = np.random.default_rng(args.seed)
     stem = args.src.name[: -len(suffix)]

@@ -16,7 +16,7 @@ import numpy as np
 
 from proqual import artifacts as A
 from proqual.errors import InputError, ValidationError
-from proqual.io.readers import Volume, image_suffix, read_volume
+from proqual.io.readers import IMAGE_SUFFIXES, Volume, image_suffix, read_volume
 from proqual.study import Sequence
 
 #: default ranges of :func:`reslice` (mm), and the slab's number of slices
@@ -44,10 +44,10 @@ def clean_files(path: Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and image_suffix(p))
         if not files:
-            raise InputError(path, "folder holds no image files (.nii.gz, .nii, .mha, .mhd, .nrrd, .nhdr)")
+            raise InputError(path, f"folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
         return files
     if not image_suffix(path):
-        raise InputError(path, "not an image file (.nii.gz, .nii, .mha, .mhd, .nrrd, .nhdr) or folder")
+        raise InputError(path, f"not an image file ({', '.join(IMAGE_SUFFIXES)}) or folder")
     return [path]
 
 

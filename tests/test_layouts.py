@@ -119,6 +119,13 @@ def test_loose_file_with_bad_name(tmp_path):
         load_studies([p])
 
 
+def test_loose_file_that_is_not_an_image(tmp_path):
+    p = tmp_path / "notes_t2w.txt"
+    p.write_text("not an image")
+    with pytest.raises(InputError, match=r"notes_t2w\.txt: not an image file \(.*\.nhdr\) or folder"):
+        load_studies([p])
+
+
 def test_missing_path(tmp_path):
     with pytest.raises(InputError, match="path not found"):
         load_studies(tmp_path / "nothing")

@@ -20,7 +20,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from proqual.errors import InputError, ValidationError
-from proqual.io.readers import image_suffix
+from proqual.io.readers import IMAGE_SUFFIXES, image_suffix
 from proqual.study import Sequence, SeriesRef, Study, StudyLabels, TechnicalMetadata
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ def load_studies(
             raise InputError(p, "path not found")
         if p.is_file():
             if image_suffix(p) is None:
-                raise InputError(p, "not an image file (.nii.gz, .nii, .mha, .mhd, .nrrd) or folder")
+                raise InputError(p, f"not an image file ({', '.join(IMAGE_SUFFIXES)}) or folder")
             loose.append(p)
         elif _is_picai(p):
             studies += load_picai(p, marksheet=marksheet)

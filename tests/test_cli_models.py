@@ -387,6 +387,13 @@ def test_ensemble_quality_scores_the_mean_of_its_members(tmp_path, capsys):
     assert half.stat().st_size < 0.6 * out.stat().st_size
     half_model = load_quality_model(half)
     assert {p.dtype for p in half_model.parameters()} == {torch.float32}
+    assert half_model.stored_half and not load_quality_model(out).stored_half
+    # evaluate-quality rewrites a float16 checkpoint as float16
+    evaluated = tmp_path / "ens_half_evaluated.pt"
+    assert main(["evaluate-quality", str(half), "--n-eval", "1", "--out", str(evaluated)]) == 0
+    ckpt = torch.load(evaluated, weights_only=True)
+    assert {v.dtype for v in ckpt["model"].values() if v.is_floating_point()} == {torch.float16}
+    assert "evaluation" in ckpt["meta"]
     for seq, q in score_volumes(half_model, vols).items():
         assert q.score == pytest.approx(got[seq].score, abs=2e-3)
     assert main(["score", str(SAMPLE), "--checkpoint", str(out), "--json", str(tmp_path / "s.json")]) == 0

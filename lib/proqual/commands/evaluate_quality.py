@@ -32,8 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import copy
 
-    import torch
-
     from proqual.commands.train_quality import evaluate, print_evaluation, save_evaluated, write_meta_json
     from proqual.errors import ValidationError
     from proqual.quality.scoring import load_quality_model
@@ -52,7 +50,5 @@ def run(args: argparse.Namespace) -> int:
             write_meta_json(args.eval_out, meta)
         return 0
     # keep float16 storage where the checkpoint had it (ensemble-quality --half)
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)["model"]
-    half = any(v.dtype == torch.float16 for v in state.values())
-    save_evaluated(model, args, meta, label=f"{args.checkpoint} with its evaluation", half=half)
+    save_evaluated(model, args, meta, label=f"{args.checkpoint} with its evaluation", half=model.stored_half)
     return 0

@@ -80,6 +80,10 @@ def load_quality_model(path: str | Path, *, device: str = "cpu"):
     model.eval().to(device)
     model.version = checkpoint_version(p)
     model.meta = ckpt.get("meta", {})
+    # float16 storage (ensemble-quality --half), so a rewrite of the checkpoint can keep it
+    model.stored_half = any(
+        isinstance(v, torch.Tensor) and v.dtype == torch.float16 for v in ckpt["model"].values()
+    )
     return model
 
 

@@ -151,10 +151,11 @@ def test_downstream_finetuning_on_expert_ratings(tmp_path, capsys):
     # the checkpoint says what it started from, by hash, whatever the --init path holds later
     assert meta["init"]["path"] == str(MODEL / "quality.pt") and meta["init"]["member"] is None
     assert meta["init"]["sha256"] == shipped.version["sha256"]
-    # a finetune of a finetune keeps the chain: the shipped c1 started from e3, an ensemble of three
+    # a finetune of a finetune keeps the chain: the shipped c2's members were each finetuned from e3
     assert meta["init"]["members"] == shipped.meta.get("members", [])
     assert meta["init"]["init"] == shipped.meta.get("init")
-    assert len(meta["init"]["init"]["members"]) == 3
+    assert [m["init"]["member"] for m in meta["init"]["members"]] == [0, 1, 2]
+    assert {len(m["init"]["members"]) for m in meta["init"]["members"]} == {3}
     (tmp_path / "bad.csv").write_text("path,sequence,piqual\nx.mha,T2W,7\n")
     assert (
         main(
@@ -184,6 +185,14 @@ def test_downstream_finetuning_on_expert_ratings(tmp_path, capsys):
     start = shipped.members[1].state_dict()
     moved = [not torch.equal(v, start[k]) for k, v in alone.state_dict().items() if v.is_floating_point()]
     assert any(moved) and alone.state_dict().keys() == start.keys()
+    # an ensemble of finetuned members keeps each member's start in its record
+    ens = tmp_path / "q_member_ens.pt"
+    assert (
+        main(["ensemble-quality", str(one), str(MODEL / "quality.pt"), "--out", str(ens), "--no-eval"]) == 0
+    )
+    kept = torch.load(ens, weights_only=True)["meta"]["members"]
+    assert kept[0]["init"]["member"] == 1 and kept[0]["init"]["sha256"] == shipped.version["sha256"]
+    assert [m["via"] for m in kept[1:]] == [str(MODEL / "quality.pt")] * len(shipped.members)
     capsys.readouterr()
     single = tmp_path / "single.pt"
     save_quality_checkpoint(QualityNet(QualityNetConfig()), single, meta={})
@@ -287,17 +296,22 @@ def test_train_quality_defaults_are_the_shipped_augmentations(tmp_path, capsys):
     assert stage["config"]["family_block"] == 4
     assert "family weights bias 2" in data
     shipped = torch.load(MODEL / "quality.pt", weights_only=True)["meta"]
-    # the shipped weights (c1) are an ensemble (e3) finetuned with clean brain-template volumes
-    assert shipped["command"].startswith("proqual train-quality --out ")
-    assert "--init model/quality.pt" in shipped["command"] and "--clean runs/clean" in shipped["command"]
-    assert "--sequence-weight HBV=3" in shipped["command"] and "--family-block 4" in shipped["command"]
-    assert shipped["init"]["sha256"].startswith("8d442025dc59") and shipped["init"]["member"] is None
-    assert shipped["init"]["command"].startswith("proqual ensemble-quality ")
-    commands = [m["command"] for m in shipped["init"]["members"]]
-    assert len(commands) == 3
-    for seed, cmd in enumerate(commands):
-        assert "--sequence-weight HBV=3" in cmd and "--family-block 4" in cmd
-        assert "--family-weight bias=2" in cmd and f"--seed {seed} " in cmd
+    # the shipped weights (c2) are the mean of e3's three members, each finetuned on its own with
+    # clean brain-template volumes; e3's members are the defaults at seeds 0, 1 and 2
+    assert shipped["command"].startswith("proqual ensemble-quality ")
+    assert len(shipped["members"]) == 3
+    for k, member in enumerate(shipped["members"]):
+        cmd = member["command"]
+        assert cmd.startswith("proqual train-quality --out ") and f"--member {k} " in cmd
+        assert "--clean runs/clean" in cmd and "--sequence-weight HBV=3" in cmd and "--family-block 4" in cmd
+        start = member["init"]
+        assert start["sha256"].startswith("8d442025dc59") and start["member"] == k
+        assert start["command"].startswith("proqual ensemble-quality ")
+        commands = [m["command"] for m in start["members"]]
+        assert len(commands) == 3
+        for seed, e3_cmd in enumerate(commands):
+            assert "--sequence-weight HBV=3" in e3_cmd and "--family-block 4" in e3_cmd
+            assert "--family-weight bias=2" in e3_cmd and f"--seed {seed} " in e3_cmd
     off = ["--fov-crop-probability", "0", "--zero-background", "0", "--sequence-weight", "HBV=1"]
     off += ["--family-block", "0", "--family-weight", "bias=1"]
     assert main([*base, *off, "--out", str(tmp_path / "o.pt")]) == 0
@@ -369,6 +383,7 @@ def test_ensemble_quality_scores_the_mean_of_its_members(tmp_path, capsys):
     assert "mean of 2 members" in capsys.readouterr().out
     meta = torch.load(out, weights_only=True)["meta"]
     assert [m["command"] for m in meta["members"]] == ["member 0", "member 1"]
+    assert [m["init"] for m in meta["members"]] == [None, None]
     assert meta["command"].startswith("proqual ensemble-quality ")
     vols = make_study(20_000, seed=0).volumes
     got = score_volumes(load_quality_model(out), vols)

@@ -13,8 +13,8 @@ HELP = "combine quality checkpoints (e.g. train-quality runs with different --se
 DESCRIPTION = (
     "Writes one quality checkpoint whose score, class probabilities, artifact parameters and slice curves "
     "are the means of the members' (train-quality runs with different --seed differ by up to 0.2 SRCC "
-    "per family; their mean varies less). The members' own metadata is kept under meta.members, and the "
-    "ensemble is evaluated on the same sweeps as train-quality unless --no-eval. Scoring time grows with "
+    "per family; their mean varies less). The members' own metadata (with meta.init, what a finetuned "
+    "member started from) is kept under meta.members, and the ensemble is evaluated on the same sweeps as train-quality unless --no-eval. Scoring time grows with "
     "the number of members (and fourfold for the networks with --flips). An ensemble given as a MEMBER "
     "contributes its members, with their metadata."
 )
@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
                     **checkpoint_record(p, net),
                     "stages": net.meta.get("stages", []),
                     "evaluation": net.meta.get("evaluation", {}),
+                    # a finetuned member keeps what it started from (train-quality --init)
+                    "init": net.meta.get("init"),
                 }
             )
             continue

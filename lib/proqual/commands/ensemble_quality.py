@@ -14,9 +14,10 @@ DESCRIPTION = (
     "Writes one quality checkpoint whose score, class probabilities, artifact parameters and slice curves "
     "are the means of the members' (train-quality runs with different --seed differ by up to 0.2 SRCC "
     "per family; their mean varies less). The members' own metadata (with meta.init, what a finetuned "
-    "member started from) is kept under meta.members, and the ensemble is evaluated on the same sweeps as train-quality unless --no-eval. Scoring time grows with "
-    "the number of members (and fourfold for the networks with --flips). An ensemble given as a MEMBER "
-    "contributes its members, with their metadata."
+    "member started from) is kept under meta.members, and the ensemble is evaluated on the same sweeps "
+    "as train-quality unless --no-eval. Scoring time grows with the number of members (and fourfold for "
+    "the networks with --flips). An ensemble given as a MEMBER contributes its members, with their "
+    "metadata."
 )
 
 

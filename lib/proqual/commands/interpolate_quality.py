@@ -15,9 +15,9 @@ DESCRIPTION = (
     "TUNED. TUNED must have been finetuned from BASE (train-quality --init BASE), or both from one "
     "checkpoint, so that both have the same architecture and lie close in weight space; the result then "
     "often keeps much of the finetune's gain on its training data and much of BASE's behaviour elsewhere "
-    "(for two finetunes of one start, ALPHA 0.5 is their weight-space mean, a 'model soup'). Both checkpoints' records are kept "
-    "under meta.base and meta.tuned (and BASE's members under meta.members), and the result is evaluated "
-    "on the same sweeps as train-quality unless --no-eval."
+    "(for two finetunes of one start, ALPHA 0.5 is their weight-space mean, a 'model soup'). Both "
+    "checkpoints' records are kept under meta.base and meta.tuned (and BASE's members under "
+    "meta.members), and the result is evaluated on the same sweeps as train-quality unless --no-eval."
 )
 
 

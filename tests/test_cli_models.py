@@ -151,7 +151,7 @@ def test_downstream_finetuning_on_expert_ratings(tmp_path, capsys):
     # the checkpoint says what it started from, by hash, whatever the --init path holds later
     assert meta["init"]["path"] == str(MODEL / "quality.pt") and meta["init"]["member"] is None
     assert meta["init"]["sha256"] == shipped.version["sha256"]
-    # a finetune of a finetune keeps the chain: the shipped c2's members were each finetuned from e3
+    # a finetune of a finetune keeps the chain: the shipped c4's members were each finetuned from c2's
     assert meta["init"]["members"] == shipped.meta.get("members", [])
     assert meta["init"]["init"] == shipped.meta.get("init")
     assert [m["init"]["member"] for m in meta["init"]["members"]] == [0, 1, 2]
@@ -296,18 +296,23 @@ def test_train_quality_defaults_are_the_shipped_augmentations(tmp_path, capsys):
     assert stage["config"]["family_block"] == 4
     assert "family weights bias 2" in data
     shipped = torch.load(MODEL / "quality.pt", weights_only=True)["meta"]
-    # the shipped weights (c2) are the mean of e3's three members, each finetuned on its own with
-    # clean brain-template volumes; e3's members are the defaults at seeds 0, 1 and 2
+    # the shipped weights (c4) are the mean of three members, each finetuned on its own twice from e3's
+    # member k (c2, then c4, both with clean brain-template volumes); e3's members are the defaults at
+    # seeds 0, 1 and 2
     assert shipped["command"].startswith("proqual ensemble-quality ")
     assert len(shipped["members"]) == 3
     for k, member in enumerate(shipped["members"]):
         cmd = member["command"]
         assert cmd.startswith("proqual train-quality --out ") and f"--member {k} " in cmd
-        assert "--clean runs/clean" in cmd and "--sequence-weight HBV=3" in cmd and "--family-block 4" in cmd
-        start = member["init"]
-        assert start["sha256"].startswith("8d442025dc59") and start["member"] == k
-        assert start["command"].startswith("proqual ensemble-quality ")
-        commands = [m["command"] for m in start["members"]]
+        assert "--clean runs/clean" in cmd and "--family-weight spike=3" in cmd
+        c2 = member["init"]
+        assert c2["sha256"].startswith("eed0fad47089") and c2["member"] == k
+        c2_member = c2["members"][k]
+        assert f"--member {k} " in c2_member["command"] and "--clean runs/clean" in c2_member["command"]
+        e3 = c2_member["init"]
+        assert e3["sha256"].startswith("8d442025dc59") and e3["member"] == k
+        assert e3["command"].startswith("proqual ensemble-quality ")
+        commands = [m["command"] for m in e3["members"]]
         assert len(commands) == 3
         for seed, e3_cmd in enumerate(commands):
             assert "--sequence-weight HBV=3" in e3_cmd and "--family-block 4" in e3_cmd

@@ -488,6 +488,16 @@ def test_interpolate_quality_mixes_the_weights_and_refuses_what_does_not_fit(tmp
             assert torch.equal(v, sd_t[k])
     meta = torch.load(outs["0.25"], weights_only=True)["meta"]
     assert meta["base"]["command"] == "member 0" and meta["tuned"]["command"] == "member 1"
+    assert meta["base"]["init"] is None and meta["tuned"]["init"] is None
+    # a TUNED that records what it was finetuned from keeps that record in meta.tuned
+    start = {"path": str(base), "sha256": "from-base", "member": None}
+    tuned_from = tmp_path / "tuned_from.pt"
+    save_quality_checkpoint(
+        QualityNet(QualityNetConfig()), tuned_from, meta={"command": "finetune", "init": start}
+    )
+    soup = tmp_path / "soup.pt"
+    assert main(["interpolate-quality", str(base), str(tuned_from), "--out", str(soup), "--no-eval"]) == 0
+    assert torch.load(soup, weights_only=True)["meta"]["tuned"]["init"] == start
     assert meta["command"].endswith(f"--alpha 0.25 --out {outs['0.25']}")
     vols = make_study(20_000, seed=0).volumes
     for alpha, ref in (("0", base), ("1", tuned)):

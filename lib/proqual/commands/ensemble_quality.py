@@ -77,8 +77,6 @@ def run(args: argparse.Namespace) -> int:
                     **checkpoint_record(p, net),
                     "stages": net.meta.get("stages", []),
                     "evaluation": net.meta.get("evaluation", {}),
-                    # a finetuned member keeps what it started from (train-quality --init)
-                    "init": net.meta.get("init"),
                 }
             )
             continue

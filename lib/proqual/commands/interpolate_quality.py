@@ -16,8 +16,8 @@ DESCRIPTION = (
     "checkpoint, so that both have the same architecture and lie close in weight space; the result then "
     "often keeps much of the finetune's gain on its training data and much of BASE's behaviour elsewhere "
     "(for two finetunes of one start, ALPHA 0.5 is their weight-space mean, a 'model soup'). Both "
-    "checkpoints' records are kept under meta.base and meta.tuned (and BASE's members under "
-    "meta.members), and the result is evaluated on the same sweeps as train-quality unless --no-eval."
+    "checkpoints' records (with meta.init, what each was finetuned from) are kept under meta.base and "
+    "meta.tuned (and BASE's members under meta.members), and the result is evaluated on the same sweeps as train-quality unless --no-eval."
 )
 
 

@@ -417,26 +417,27 @@ def evaluation_as_asked(model, args: argparse.Namespace) -> dict:
 
 
 def checkpoint_record(path: Path, model) -> dict:
-    """Where a loaded quality checkpoint came from (path, hash) and how it was made (command, seconds),
-    as ensemble- and interpolate-quality keep it in their metadata."""
+    """Where a loaded quality checkpoint came from (path, hash), how it was made (command, seconds) and,
+    for a finetune, what it started from (its own ``init``, None otherwise), as ensemble- and
+    interpolate-quality and ``--init`` keep it in their metadata."""
     return {
         "path": str(path),
         "sha256": model.version["sha256"],
         "command": model.meta.get("command"),
         "seconds": model.meta.get("seconds"),
+        "init": model.meta.get("init"),
     }
 
 
 def init_record(path: Path, model, *, member: int | None = None) -> dict:
-    """What a ``--init`` run started from: :func:`checkpoint_record` of the loaded checkpoint, the
-    ``--member`` taken, the records of its members when it is an ensemble (their commands) and its own
-    ``init`` when it was a finetune too, so a finetuned checkpoint keeps its whole recipe even after the
+    """What a ``--init`` run started from: :func:`checkpoint_record` of the loaded checkpoint (with its
+    own ``init`` when it was a finetune too), the ``--member`` taken and the records of its members when
+    it is an ensemble (their commands), so a finetuned checkpoint keeps its whole recipe even after the
     file ``--init`` named is replaced."""
     return {
         **checkpoint_record(path, model),
         "member": member,
         "members": model.meta.get("members", []),
-        "init": model.meta.get("init"),
     }
 
 

@@ -151,6 +151,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "model, not an ensemble finetuned on its mean output",
     )
     parser.add_argument(
+        "--kspace-peaks",
+        type=int,
+        metavar="K",
+        help="give the model the k-space spike evidence of the K strongest peaks of the slice-averaged power "
+        "spectrum (see proqual.nets.quality_net.kspace_peak_features); with --init, a model without it gets the "
+        "branch started at zero, so training begins from the same outputs (default: none for a new model, the "
+        "--init model's own otherwise)",
+    )
+    parser.add_argument(
         "--ratings",
         type=Path,
         help="CSV with columns path,sequence,piqual (expert PI-QUAL v2 1..3) for downstream finetuning",
@@ -249,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
 
     from proqual import artifacts as A
     from proqual.errors import ValidationError
-    from proqual.nets.quality_net import QualityNet, QualityNetConfig
+    from proqual.nets.quality_net import QualityNet, QualityNetConfig, with_kspace_peaks
     from proqual.quality import training as T
     from proqual.quality.clean import clean_volumes
 
@@ -259,6 +268,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValidationError("--zero-background", f"must be in [0, 1], got {args.zero_background}")
     if not 0 <= args.flip <= 1:
         raise ValidationError("--flip", f"must be in [0, 1], got {args.flip}")
+    if args.kspace_peaks is not None and not 1 <= args.kspace_peaks <= 16:
+        raise ValidationError("--kspace-peaks", f"must be in [1, 16], got {args.kspace_peaks}")
     if args.clean and args.skip_upstream:
         raise ValidationError(
             "--clean", "adds upstream training volumes, so it cannot go with --skip-upstream"
@@ -299,12 +310,17 @@ def run(args: argparse.Namespace) -> int:
                     "--member", f"must be in [0, {len(members) - 1}] for {args.init}, got {args.member}"
                 )
             model = members[args.member]
+        if args.kspace_peaks is not None:
+            try:
+                model = with_kspace_peaks(model, args.kspace_peaks)
+            except ValueError as exc:
+                raise ValidationError("--kspace-peaks", f"{exc} ({args.init})") from None
     else:
         if args.skip_upstream:
             raise ValidationError("--skip-upstream", "needs --init")
         if args.member is not None:
             raise ValidationError("--member", "needs --init (an ensemble)")
-        model = QualityNet(QualityNetConfig(n_params=len(A.PARAM_NAMES)))
+        model = QualityNet(QualityNetConfig(n_params=len(A.PARAM_NAMES), kspace_peaks=args.kspace_peaks or 0))
 
     bar = _bar
 

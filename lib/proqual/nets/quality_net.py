@@ -13,6 +13,9 @@ Input: a stack of S axial slices (B, S, 1, H, W) (see :mod:`proqual.quality.inpu
    step from image to padding. The prompt modulates the slice features (FiLM), so the same weights learn what "good"
    looks like for T2W, ADC, HBV, or an unknown sequence (``OTHER``, also used during training by
    prompt dropout so that it is a trained, generic prompt).
+   With ``kspace_peaks`` > 0, evidence of k-space spikes (:func:`kspace_peak_features`, from the power
+   spectrum averaged over the slices, where a spike hidden by noise in the image stands out) is mapped
+   linearly and added to every slice's features.
 2. A light inter-slice context (two residual 1D convolutions along the slice axis) lets each slice see
    its neighbours (through-plane blur, motion that varies across slices).
 3. Salient-slice assessment: per slice a quality in [0, 1] and a saliency logit; a masked softmax over
@@ -25,7 +28,8 @@ Input: a stack of S axial slices (B, S, 1, H, W) (see :mod:`proqual.quality.inpu
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +61,9 @@ class QualityNetConfig:
     mid_stage: int | None = 2
     #: pool over the image's footprint on the canvas instead of the whole canvas (see module doc)
     masked_pool: bool = True
+    #: k-space peak features (see :func:`kspace_peak_features`): how many of the strongest peaks are fed
+    #: to the slice features; 0: none (checkpoints written before the option existed)
+    kspace_peaks: int = 0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -72,6 +79,44 @@ class QualityNetConfig:
         d.setdefault("mid_stage", None)
         d.setdefault("masked_pool", False)
         return cls(**d)
+
+
+def kspace_peak_features(x: torch.Tensor, mask: torch.Tensor, footprint: torch.Tensor, k: int) -> torch.Tensor:
+    """Evidence of k-space spikes, per image: (B, S, H, W) slices, (B, S) real-slice mask and (B, 1, H, W)
+    footprint -> (B, k + 1).
+
+    A spike is one corrupted k-space sample, the same in every slice: a stripe pattern that noise can
+    hide in the image but that stands out as an isolated peak in the power spectrum averaged over the
+    slices. The spectrum is taken over the image's footprint only (the zero padding of a small field
+    of view would smear the peak and add the padding edges' own spectrum). Per frequency the log power
+    is compared with the mean log power of its 24 neighbours in a 5 x 5 window (k-space wraps around);
+    the lowest frequencies (within 2 samples of the centre on both axes), where an image's own
+    spectrum peaks, are left out. Returned: the ``k`` largest of these contrasts (natural log units,
+    divided by 4) and the amplitude of the strongest peak's stripe relative to the image scale
+    (``(log(|F| / N) + 5) / 2``, N the footprint's pixel count). An image without real slices, or a
+    footprint under 8 pixels on a side, gets zeros."""
+    b = x.shape[0]
+    out = torch.zeros((b, k + 1), dtype=torch.float32, device=x.device)
+    for i in range(b):
+        fp = footprint[i, 0] > 0
+        rows, cols = fp.any(1).nonzero().flatten(), fp.any(0).nonzero().flatten()
+        sl = x[i][mask[i]]
+        if len(rows) < 8 or len(cols) < 8 or sl.shape[0] == 0:
+            continue
+        sl = sl[:, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].float()
+        h, w = sl.shape[-2:]
+        power = torch.fft.fft2(sl).abs().square().mean(0)
+        log_p = torch.log(power + 1e-12)
+        ring = F.avg_pool2d(F.pad(log_p[None, None], (2, 2, 2, 2), mode="circular"), 5, stride=1)[0, 0]
+        contrast = log_p - (ring * 25 - log_p) / 24
+        fy = torch.fft.fftfreq(h, device=x.device).abs()[:, None] * h
+        fx = torch.fft.fftfreq(w, device=x.device).abs()[None] * w
+        contrast = contrast.masked_fill((fy <= 2) & (fx <= 2), float("-inf")).flatten()
+        top, idx = contrast.topk(k)
+        amp = 0.5 * torch.log(power.flatten()[idx[0]] + 1e-12) - math.log(h * w)
+        out[i, :k] = top / 4
+        out[i, k] = (amp + 5) / 2
+    return out
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -94,6 +139,12 @@ class QualityNet(nn.Module):
         self.film = nn.Linear(cfg.prompt_dim, 2 * e)
         self.context = nn.ModuleList([nn.Conv1d(e, e, 3, padding=1) for _ in range(2)])
         self.norm = nn.LayerNorm(e)
+        # k-space peak features, added to every slice's features; zero at the start, so that adding the
+        # branch to a trained model (:func:`with_kspace_peaks`) leaves its outputs unchanged
+        self.kspace = nn.Linear(cfg.kspace_peaks + 1, e) if cfg.kspace_peaks else None
+        if self.kspace is not None:
+            nn.init.zeros_(self.kspace.weight)
+            nn.init.zeros_(self.kspace.bias)
         self.slice_quality = nn.Linear(e, 1)
         self.slice_saliency = nn.Linear(e, 1)
         self.piqual_head = nn.Sequential(
@@ -183,12 +234,17 @@ class QualityNet(nn.Module):
         prompt = self.sequence_embedding(sequence) + self.anatomy_embedding(anatomy)  # (B, P)
 
         fp = None
-        if self.config.masked_pool:
+        if self.config.masked_pool or self.kspace is not None:
             fp = self.footprint(x, mask) if footprint is None else footprint.to(x.dtype)
-            fp = fp.repeat_interleave(s, dim=0)  # (B * S, 1, H, W)
+        peaks = None
+        if self.kspace is not None:
+            peaks = kspace_peak_features(x[:, :, 0], mask, fp, self.config.kspace_peaks)
+        fp = fp.repeat_interleave(s, dim=0) if self.config.masked_pool else None  # (B * S, 1, H, W)
         if self.config.neighbours:
             x = self.with_neighbours(x, mask)
         h = self.norm(self.encode_slices(x.reshape(b * s, *x.shape[2:]), fp).reshape(b, s, -1))
+        if peaks is not None:
+            h = h + self.kspace(peaks.to(h.dtype))[:, None]
         gamma, beta = self.film(prompt).chunk(2, dim=-1)
         h = h * (1 + gamma[:, None]) + beta[:, None]
         m = mask[:, :, None].to(h.dtype)
@@ -211,6 +267,32 @@ class QualityNet(nn.Module):
             "saliency": saliency,
             "embedding": pooled[:, : self.embed_dim],
         }
+
+
+def with_kspace_peaks(model: nn.Module, k: int) -> nn.Module:
+    """``model`` (a :class:`QualityNet` or a :class:`QualityEnsemble`, whose members all get it) with a
+    k-space peak branch of ``k`` peaks (:func:`kspace_peak_features`), started at zero so that the outputs
+    do not change until it is trained; the model itself when it already has that branch. A model with a
+    branch of another size is a ``ValueError``."""
+    if k < 1:
+        raise ValueError(f"k-space peaks must be >= 1, got {k}")
+    if isinstance(model, QualityEnsemble):
+        members = [with_kspace_peaks(m, k) for m in model.members]
+        model.members = nn.ModuleList(members)
+        model.config = replace(model.config, members=[m.config for m in members])
+        model.embed_dim = sum(m.embed_dim for m in members)
+        return model
+    have = model.config.kspace_peaks
+    if have == k:
+        return model
+    if have:
+        raise ValueError(f"the model already has a k-space peak branch of {have} peaks, not {k}")
+    new = QualityNet(replace(model.config, kspace_peaks=k)).to(next(model.parameters()).device)
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or set(missing) != {"kspace.weight", "kspace.bias"}:
+        raise RuntimeError(f"adding the k-space branch: missing {missing}, unexpected {unexpected}")
+    new.train(model.training)
+    return new
 
 
 #: the in-plane mirror images a :class:`QualityEnsemble` with ``flips`` scores: the tensor dims flipped

@@ -194,12 +194,24 @@ def test_downstream_finetuning_on_expert_ratings(tmp_path, capsys):
     assert kept[0]["init"]["member"] == 1 and kept[0]["init"]["sha256"] == shipped.version["sha256"]
     assert [m["via"] for m in kept[1:]] == [str(MODEL / "quality.pt")] * len(shipped.members)
     capsys.readouterr()
+    # --kspace-peaks K: the member gets the k-space spike branch, started at zero and trained
+    grown = tmp_path / "q_kspace.pt"
+    assert main([*args[:-1], str(grown), "--member", "1", "--kspace-peaks", "4"]) == 0
+    branch = load_quality_model(grown)
+    assert branch.config.kspace_peaks == 4 and "--kspace-peaks 4" in branch.meta["command"]
+    assert branch.kspace.weight.abs().sum() > 0
+    capsys.readouterr()
     single = tmp_path / "single.pt"
     save_quality_checkpoint(QualityNet(QualityNetConfig()), single, meta={})
     for extra, message in (
         (["--member", "3"], "--member: must be in [0, 2]"),
         (["--member", "-1"], "--member: must be in [0, 2]"),
         (["--init", str(single), "--member", "0"], "is one model, not an ensemble"),
+        (["--kspace-peaks", "0"], "--kspace-peaks: must be in [1, 16], got 0"),
+        (
+            ["--init", str(grown), "--kspace-peaks", "2"],
+            "already has a k-space peak branch of 4 peaks, not 2",
+        ),
     ):
         assert main([*args[:-1], str(tmp_path / "x.pt"), *extra]) == 1
         assert message in capsys.readouterr().err

@@ -216,3 +216,93 @@ def test_ensemble_with_flips_scores_an_image_and_its_mirror_images_alike():
     assert QualityEnsembleConfig.from_dict({"members": [a.config.to_dict()]}).flips is False
     with pytest.raises(ValueError, match="flips must be true or false"):
         QualityEnsembleConfig.from_dict({"members": [a.config.to_dict()], "flips": "yes"})
+
+
+def _stripe_stack(n_slices=6, size=48, amplitude=0.05, noise=0.01, seed=0):
+    """Slices of noise around 1 plus, in every slice, the stripe of one k-space spike (a cosine of
+    ``amplitude`` at 5 cycles down and 9 across the image)."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    stripe = amplitude * torch.cos(2 * torch.pi * (5 * yy + 9 * xx) / size)
+    return 1 + noise * torch.randn(n_slices, size, size, generator=g) + stripe
+
+
+def test_kspace_peak_features_find_a_spike_hidden_in_noise():
+    from proqual.nets.quality_net import kspace_peak_features
+
+    k = 3
+    full = torch.ones(1, 1, 48, 48)
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    clean = kspace_peak_features(_stripe_stack(amplitude=0.0)[None], mask, full, k)
+    # a stripe well below the noise in every pixel (amplitude 0.005 against noise 0.01) ...
+    faint = kspace_peak_features(_stripe_stack(amplitude=0.005)[None], mask, full, k)
+    strong = kspace_peak_features(_stripe_stack(amplitude=0.05)[None], mask, full, k)
+    assert clean.shape == (1, k + 1)
+    # ... is an isolated peak of the slice-averaged spectrum: contrast (log units / 4) well above noise's
+    assert clean[0, 0] < 0.6 < 1.0 < faint[0, 0] < strong[0, 0]
+    # the amplitude feature is the stripe's: a cosine of amplitude A has two peaks of A/2 x N each
+    want = (torch.log(torch.tensor(0.05 / 2)) + 5) / 2
+    torch.testing.assert_close(strong[0, k], want, atol=0.02, rtol=0)
+
+
+def test_kspace_peak_features_use_the_footprint_and_the_real_slices_only():
+    from proqual.nets.quality_net import kspace_peak_features
+
+    sl = _stripe_stack(amplitude=0.02)
+    own = kspace_peak_features(sl[None], torch.ones(1, 6, dtype=torch.bool), torch.ones(1, 1, 48, 48), 2)
+    # the same image centred on a zero-padded 128 x 128 canvas, with two padded slices after it
+    canvas = torch.zeros(1, 8, 128, 128)
+    canvas[0, :6, 40:88, 40:88] = sl
+    canvas[0, 6:] = torch.rand(2, 128, 128) * 50
+    fp = torch.zeros(1, 1, 128, 128)
+    fp[..., 40:88, 40:88] = 1
+    mask = torch.tensor([[True] * 6 + [False] * 2])
+    torch.testing.assert_close(kspace_peak_features(canvas, mask, fp, 2), own)
+    # no real slice, or a footprint too small for a spectrum: zeros, not an error
+    assert (kspace_peak_features(canvas, torch.zeros(1, 8, dtype=torch.bool), fp, 2) == 0).all()
+    tiny = torch.zeros(1, 1, 128, 128)
+    tiny[..., 60:66, 60:66] = 1
+    assert (kspace_peak_features(canvas, mask, tiny, 2) == 0).all()
+
+
+def test_adding_the_kspace_branch_leaves_the_outputs_unchanged_until_trained():
+    from proqual.nets.quality_net import QualityEnsemble, QualityEnsembleConfig, with_kspace_peaks
+
+    net = _net().eval()
+    x = torch.rand(2, 5, 1, 64, 64)
+    seq = torch.tensor([0, 2])
+    before = net(x, sequence=seq)
+    grown = with_kspace_peaks(net, 4).eval()
+    assert grown.config.kspace_peaks == 4 and grown.kspace.in_features == 5
+    after = grown(x, sequence=seq)
+    for key in ("score", "params", "piqual_logits", "saliency"):
+        torch.testing.assert_close(after[key], before[key])
+    assert with_kspace_peaks(grown, 4) is grown
+    with pytest.raises(ValueError, match="already has a k-space peak branch of 4 peaks, not 2"):
+        with_kspace_peaks(grown, 2)
+    with pytest.raises(ValueError, match=">= 1"):
+        with_kspace_peaks(net, 0)
+    # the branch learns: one step on a loss of the score moves its weights off zero
+    grown.train()
+    grown(x, sequence=seq)["score"].sum().backward()
+    assert grown.kspace.weight.grad.abs().sum() > 0
+    # an ensemble: every member gets the branch, and the config says so
+    ens = QualityEnsemble(QualityEnsembleConfig([_net().config, _net().config])).eval()
+    ref = ens(x, sequence=seq)["score"]
+    ens = with_kspace_peaks(ens, 2)
+    assert [m.kspace_peaks for m in ens.config.members] == [2, 2]
+    torch.testing.assert_close(ens(x, sequence=seq)["score"], ref)
+
+
+def test_a_checkpoint_with_the_kspace_branch_loads_with_it(tmp_path):
+    from proqual.quality.scoring import load_quality_model
+    from proqual.quality.training import save_quality_checkpoint
+
+    net = _net(kspace_peaks=3).eval()
+    with torch.no_grad():
+        net.kspace.weight.normal_()
+    save_quality_checkpoint(net, tmp_path / "k.pt", meta={})
+    back = load_quality_model(tmp_path / "k.pt").eval()
+    assert back.config.kspace_peaks == 3
+    x = torch.rand(1, 4, 1, 64, 64)
+    torch.testing.assert_close(back(x)["score"], net(x)["score"])

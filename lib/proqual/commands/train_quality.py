@@ -154,10 +154,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--kspace-peaks",
         type=int,
         metavar="K",
-        help="give the model the k-space spike evidence of the K strongest peaks of the slice-averaged power "
-        "spectrum (see proqual.nets.quality_net.kspace_peak_features); with --init, a model without it gets the "
-        "branch started at zero, so training begins from the same outputs (default: none for a new model, the "
-        "--init model's own otherwise)",
+        help="give the model the k-space spike evidence of the K strongest peaks of the slice-averaged "
+        "power spectrum (one spike makes two: the spectrum of a real image is symmetric) and the strongest "
+        "one's amplitude (see proqual.nets.quality_net.kspace_peak_features); with --init, a model without "
+        "it gets the branch started at zero, so training begins from the same outputs (default: none for a "
+        "new model, the --init model's own otherwise)",
     )
     parser.add_argument(
         "--ratings",

@@ -81,7 +81,9 @@ class QualityNetConfig:
         return cls(**d)
 
 
-def kspace_peak_features(x: torch.Tensor, mask: torch.Tensor, footprint: torch.Tensor, k: int) -> torch.Tensor:
+def kspace_peak_features(
+    x: torch.Tensor, mask: torch.Tensor, footprint: torch.Tensor, k: int
+) -> torch.Tensor:
     """Evidence of k-space spikes, per image: (B, S, H, W) slices, (B, S) real-slice mask and (B, 1, H, W)
     footprint -> (B, k + 1).
 
@@ -91,7 +93,8 @@ def kspace_peak_features(x: torch.Tensor, mask: torch.Tensor, footprint: torch.T
     of view would smear the peak and add the padding edges' own spectrum). Per frequency the log power
     is compared with the mean log power of its 24 neighbours in a 5 x 5 window (k-space wraps around);
     the lowest frequencies (within 2 samples of the centre on both axes), where an image's own
-    spectrum peaks, are left out. Returned: the ``k`` largest of these contrasts (natural log units,
+    spectrum peaks, are left out. The spectrum of a real image is symmetric, so one spike makes two
+    equal peaks. Returned: the ``k`` largest of these contrasts (natural log units,
     divided by 4) and the amplitude of the strongest peak's stripe relative to the image scale
     (``(log(|F| / N) + 5) / 2``, N the footprint's pixel count). An image without real slices, or a
     footprint under 8 pixels on a side, gets zeros."""

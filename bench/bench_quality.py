@@ -32,8 +32,9 @@ def main() -> None:
         "--checkpoint",
         type=Path,
         nargs="+",
-        default=[Path(__file__).resolve().parents[1] / "model" / "quality.pt"],
-        help="one or more quality checkpoints (default the shipped model/quality.pt)",
+        action="extend",
+        help="one or more quality checkpoints, timed in turn (repeatable: the lists add up; default the "
+        "shipped model/quality.pt)",
     )
     ap.add_argument("--repeats", type=int, default=15, help="timed runs per checkpoint (default 15)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -41,6 +42,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.repeats < 1:
         ap.error(f"--repeats must be >= 1, got {args.repeats}")
+    if not args.checkpoint:
+        args.checkpoint = [Path(__file__).resolve().parents[1] / "model" / "quality.pt"]
     torch.set_num_threads(args.threads)
     study = make_study(0, seed=0, preset="picai")
     vols = study.volumes

@@ -182,6 +182,9 @@ def test_downstream_finetuning_on_expert_ratings(tmp_path, capsys):
     alone = load_quality_model(one)
     assert isinstance(alone, QualityNet) and "--member 1" in alone.meta["command"]
     assert alone.meta["init"]["member"] == 1
+    # only the member taken is on record (its own chain included), not its siblings
+    assert alone.meta["init"]["member_record"] == shipped.meta["members"][1]
+    assert "members" not in alone.meta["init"]
     start = shipped.members[1].state_dict()
     moved = [not torch.equal(v, start[k]) for k, v in alone.state_dict().items() if v.is_floating_point()]
     assert any(moved) and alone.state_dict().keys() == start.keys()
@@ -308,16 +311,21 @@ def test_train_quality_defaults_are_the_shipped_augmentations(tmp_path, capsys):
     assert stage["config"]["family_block"] == 4
     assert "family weights bias 2" in data
     shipped = torch.load(MODEL / "quality.pt", weights_only=True)["meta"]
-    # the shipped weights (c4) are the mean of three members, each finetuned on its own twice from e3's
-    # member k (c2, then c4, both with clean brain-template volumes); e3's members are the defaults at
-    # seeds 0, 1 and 2
+    # the shipped weights (c5) are the mean of three members, each finetuned on its own three times from
+    # e3's member k (c2, then c4, both with clean brain-template volumes, then c5 with the k-space spike
+    # branch added); e3's members are the defaults at seeds 0, 1 and 2
     assert shipped["command"].startswith("proqual ensemble-quality ")
     assert len(shipped["members"]) == 3
     for k, member in enumerate(shipped["members"]):
         cmd = member["command"]
         assert cmd.startswith("proqual train-quality --out ") and f"--member {k} " in cmd
-        assert "--clean runs/clean" in cmd and "--family-weight spike=3" in cmd
-        c2 = member["init"]
+        assert "--kspace-peaks 4" in cmd and "--family-weight spike=3" in cmd
+        c4 = member["init"]
+        assert c4["sha256"].startswith("47da22c6ddcf") and c4["member"] == k
+        c4_member = c4["members"][k]
+        assert f"--member {k} " in c4_member["command"] and "--family-weight spike=3" in c4_member["command"]
+        assert "--kspace-peaks" not in c4_member["command"]
+        c2 = c4_member["init"]
         assert c2["sha256"].startswith("eed0fad47089") and c2["member"] == k
         c2_member = c2["members"][k]
         assert f"--member {k} " in c2_member["command"] and "--clean runs/clean" in c2_member["command"]

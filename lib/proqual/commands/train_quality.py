@@ -148,7 +148,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="K",
         help="with an ensemble as --init: start from its K-th member alone (0-based), so the result is one "
-        "model, not an ensemble finetuned on its mean output",
+        "model, not an ensemble finetuned on its mean output (meta.init keeps member K's record as "
+        "member_record, not every member's)",
     )
     parser.add_argument(
         "--kspace-peaks",
@@ -450,12 +451,17 @@ def init_record(path: Path, model, *, member: int | None = None) -> dict:
     """What a ``--init`` run started from: :func:`checkpoint_record` of the loaded checkpoint (with its
     own ``init`` when it was a finetune too), the ``--member`` taken and the records of its members when
     it is an ensemble (their commands), so a finetuned checkpoint keeps its whole recipe even after the
-    file ``--init`` named is replaced."""
-    return {
-        **checkpoint_record(path, model),
-        "member": member,
-        "members": model.meta.get("members", []),
-    }
+    file ``--init`` named is replaced. With ``member`` K only member K's record is kept (as
+    ``member_record``; None when the ensemble has no records): it is all that member started from, and
+    keeping every member's record at every step of a chain of member-wise finetunes would multiply the
+    metadata by the ensemble's size at each step."""
+    record = {**checkpoint_record(path, model), "member": member}
+    members = model.meta.get("members", [])
+    if member is None:
+        record["members"] = members
+    else:
+        record["member_record"] = members[member] if 0 <= member < len(members) else None
+    return record
 
 
 def save_evaluated(

@@ -283,7 +283,6 @@ def with_kspace_peaks(model: nn.Module, k: int) -> nn.Module:
         members = [with_kspace_peaks(m, k) for m in model.members]
         model.members = nn.ModuleList(members)
         model.config = replace(model.config, members=[m.config for m in members])
-        model.embed_dim = sum(m.embed_dim for m in members)
         return model
     have = model.config.kspace_peaks
     if have == k:

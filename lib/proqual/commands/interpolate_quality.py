@@ -17,7 +17,8 @@ DESCRIPTION = (
     "often keeps much of the finetune's gain on its training data and much of BASE's behaviour elsewhere "
     "(for two finetunes of one start, ALPHA 0.5 is their weight-space mean, a 'model soup'). Both "
     "checkpoints' records (with meta.init, what each was finetuned from) are kept under meta.base and "
-    "meta.tuned (and BASE's members under meta.members), and the result is evaluated on the same sweeps as train-quality unless --no-eval."
+    "meta.tuned (and BASE's members under meta.members), and the result is evaluated on the same "
+    "sweeps as train-quality unless --no-eval."
 )
 
 

@@ -199,9 +199,12 @@ def test_downstream_finetuning_on_expert_ratings(tmp_path, capsys):
     capsys.readouterr()
     # --kspace-peaks K: the member gets the k-space spike branch, started at zero and trained
     grown = tmp_path / "q_kspace.pt"
-    assert main([*args[:-1], str(grown), "--member", "1", "--kspace-peaks", "4"]) == 0
+    assert (
+        main([*args[:-1], str(grown), "--member", "1", "--kspace-peaks", "4", "--kspace-lr-scale", "10"]) == 0
+    )
     branch = load_quality_model(grown)
     assert branch.config.kspace_peaks == 4 and "--kspace-peaks 4" in branch.meta["command"]
+    assert branch.meta["stages"][0]["config"]["kspace_lr_scale"] == 10
     assert branch.kspace.weight.abs().sum() > 0
     capsys.readouterr()
     single = tmp_path / "single.pt"
@@ -214,6 +217,11 @@ def test_downstream_finetuning_on_expert_ratings(tmp_path, capsys):
         (
             ["--init", str(grown), "--kspace-peaks", "2"],
             "already has a k-space peak branch of 4 peaks, not 2",
+        ),
+        (["--kspace-lr-scale", "0"], "--kspace-lr-scale: must be a positive number, got 0"),
+        (
+            ["--init", str(single), "--kspace-lr-scale", "10"],
+            "--kspace-lr-scale: 10 needs a model with the k-space spike branch",
         ),
     ):
         assert main([*args[:-1], str(tmp_path / "x.pt"), *extra]) == 1

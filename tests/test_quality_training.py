@@ -259,3 +259,31 @@ def test_mirror_in_plane_flips_the_chosen_samples_and_their_footprints():
     torch.testing.assert_close(batch["footprint"][1], fp[1].flip(-1))
     torch.testing.assert_close(batch["footprint"][2], fp[2].flip((-2, -1)))
     assert batch["footprint"][2, 0, 3, 4] == 1 and batch["footprint"][2, 0, 0, 0] == 0
+
+
+def test_kspace_lr_scale_gives_the_branch_its_own_learning_rate():
+    from proqual.nets.quality_net import QualityEnsemble, QualityEnsembleConfig
+
+    small = dict(n_params=len(T.A.PARAM_NAMES), widths=(8, 8, 16, 16, 16))
+    net = QualityNet(QualityNetConfig(**small, kspace_peaks=2))
+    groups, max_lr = T.param_groups(net, T.TrainConfig(lr=1e-3))
+    assert max_lr == [1e-3] and len(groups[0]["params"]) == len(list(net.parameters()))
+    groups, max_lr = T.param_groups(net, T.TrainConfig(lr=1e-3, kspace_lr_scale=10))
+    assert max_lr == pytest.approx([1e-3, 1e-2])
+    assert {id(p) for p in groups[1]["params"]} == {id(net.kspace.weight), id(net.kspace.bias)}
+    assert len(groups[0]["params"]) + 2 == len(list(net.parameters()))
+    # an ensemble: every member's branch goes in the scaled group
+    ens = QualityEnsemble(QualityEnsembleConfig(members=[QualityNetConfig(**small, kspace_peaks=2)] * 2))
+    groups, _ = T.param_groups(ens, T.TrainConfig(kspace_lr_scale=3))
+    assert len(groups[1]["params"]) == 4
+    # training runs the schedule on both groups, each at its own peak
+    val = T.FreshDegradations(_clean_volumes(), per_volume=2, seed=5)(0)
+    hist = T.train(net, val, cfg=T.TrainConfig(epochs=1, batch_size=4, kspace_lr_scale=10))
+    assert hist["config"]["kspace_lr_scale"] == 10
+    assert net.kspace.weight.abs().sum() > 0
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValidationError, match="kspace_lr_scale: must be a positive number"):
+            T.param_groups(net, T.TrainConfig(kspace_lr_scale=bad))
+    plain = QualityNet(QualityNetConfig(**small))
+    with pytest.raises(ValidationError, match="needs a model with the k-space spike branch"):
+        T.param_groups(plain, T.TrainConfig(kspace_lr_scale=10))

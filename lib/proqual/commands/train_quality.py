@@ -162,6 +162,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "new model, the --init model's own otherwise)",
     )
     parser.add_argument(
+        "--kspace-lr-scale",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="train the k-space spike branch at F times the learning rate of the rest of the model (both "
+        "stages; F > 0, default 1), e.g. so a branch just added at zero to a trained model can learn "
+        "faster than the layers that are only finetuned; needs a model with the branch",
+    )
+    parser.add_argument(
         "--ratings",
         type=Path,
         help="CSV with columns path,sequence,piqual (expert PI-QUAL v2 1..3) for downstream finetuning",
@@ -323,6 +332,10 @@ def run(args: argparse.Namespace) -> int:
         if args.member is not None:
             raise ValidationError("--member", "needs --init (an ensemble)")
         model = QualityNet(QualityNetConfig(n_params=len(A.PARAM_NAMES), kspace_peaks=args.kspace_peaks or 0))
+    try:  # before any simulation: a scale the model cannot use stops the run at once
+        T.param_groups(model, T.TrainConfig(kspace_lr_scale=args.kspace_lr_scale))
+    except ValidationError as exc:
+        raise ValidationError("--kspace-lr-scale", exc.problem) from None
 
     bar = _bar
 
@@ -361,6 +374,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             family_block=args.family_block,
             flip=args.flip,
+            kspace_lr_scale=args.kspace_lr_scale,
         )
         hist = T.train(model, train, cfg=cfg, val_samples=val, progress=epoch_line)
         meta["stages"].append(
@@ -415,6 +429,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             w_params=0.0,
             w_saliency=0.0,
+            kspace_lr_scale=args.kspace_lr_scale,
         )
         hist = T.train(model, rated, cfg=cfg, progress=epoch_line)
         meta["stages"].append(

@@ -384,6 +384,10 @@ class TrainConfig:
     #: their footprints alike, the targets do not depend on it), so the model cannot tie its scores to
     #: which way the phantom anatomy or a shading gradient runs; 0 (off) for the shipped weights
     flip: float = 0.0
+    #: learning rate of the k-space spike branch (:class:`proqual.nets.quality_net.QualityNet`'s
+    #: ``kspace``) as a multiple of ``lr``, so a branch added to a trained model at zero can learn faster
+    #: than the layers that are only finetuned; 1 (one rate for all) for every shipped model but c6
+    kspace_lr_scale: float = 1.0
     extra: dict = field(default_factory=dict)
 
 
@@ -501,6 +505,27 @@ def rank_loss(
     return F.softplus(-diff_p / temperature).mean()
 
 
+def param_groups(model, cfg: TrainConfig) -> tuple[list[dict], list[float]]:
+    """The optimizer's parameter groups and their peak learning rates: one group at ``cfg.lr``, or, with
+    ``cfg.kspace_lr_scale`` other than 1, the k-space branch's parameters (any module named ``kspace``,
+    in one model or in every member of an ensemble) at ``cfg.lr * cfg.kspace_lr_scale`` and the rest at
+    ``cfg.lr``. A scale for a model without the branch is a :class:`ValidationError`."""
+    scale = cfg.kspace_lr_scale
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValidationError("kspace_lr_scale", f"must be a positive number, got {scale}")
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if scale == 1:
+        return [{"params": [p for _, p in params]}], [cfg.lr]
+    branch = [p for name, p in params if "kspace" in name.split(".")]
+    if not branch:
+        raise ValidationError(
+            "kspace_lr_scale", f"{scale:g} needs a model with the k-space spike branch (kspace_peaks > 0)"
+        )
+    ids = {id(p) for p in branch}
+    rest = [p for _, p in params if id(p) not in ids]
+    return [{"params": rest}, {"params": branch}], [cfg.lr, cfg.lr * scale]
+
+
 def train(
     model,
     train_samples: list[QualitySample] | FreshDegradations,
@@ -525,9 +550,10 @@ def train(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model.to(cfg.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups, max_lr = param_groups(model, cfg)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * math.ceil(len(train_samples) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=max(steps, 1), pct_start=0.15)
     history: list[dict] = []
     best, best_state = -math.inf, None
     pool = ThreadPoolExecutor(1, thread_name_prefix="proqual-simulate") if fresh else None

@@ -386,7 +386,8 @@ class TrainConfig:
     flip: float = 0.0
     #: learning rate of the k-space spike branch (:class:`proqual.nets.quality_net.QualityNet`'s
     #: ``kspace``) as a multiple of ``lr``, so a branch added to a trained model at zero can learn faster
-    #: than the layers that are only finetuned; 1 (one rate for all) for every shipped model but c6
+    #: than the layers that are only finetuned; 1 (one rate for all) for every shipped model but c6 (for
+    #: which an ablation at 1 gave the same spike figures: model card)
     kspace_lr_scale: float = 1.0
     extra: dict = field(default_factory=dict)
 

@@ -522,8 +522,7 @@ def param_groups(model, cfg: TrainConfig) -> tuple[list[dict], list[float]]:
         raise ValidationError(
             "kspace_lr_scale", f"{scale:g} needs a model with the k-space spike branch (kspace_peaks > 0)"
         )
-    ids = {id(p) for p in branch}
-    rest = [p for _, p in params if id(p) not in ids]
+    rest = [p for name, p in params if "kspace" not in name.split(".")]
     return [{"params": rest}, {"params": branch}], [cfg.lr, cfg.lr * scale]
 
 

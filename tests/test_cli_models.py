@@ -151,11 +151,11 @@ def test_downstream_finetuning_on_expert_ratings(tmp_path, capsys):
     # the checkpoint says what it started from, by hash, whatever the --init path holds later
     assert meta["init"]["path"] == str(MODEL / "quality.pt") and meta["init"]["member"] is None
     assert meta["init"]["sha256"] == shipped.version["sha256"]
-    # a finetune of a finetune keeps the chain: the shipped c6's members were each finetuned from c5's
+    # a finetune of a finetune keeps the chain: the shipped c7's members were each finetuned from c6's
     assert meta["init"]["members"] == shipped.meta.get("members", [])
     assert meta["init"]["init"] == shipped.meta.get("init")
     assert [m["init"]["member"] for m in meta["init"]["members"]] == [0, 1, 2]
-    # each keeps the record of the one c5 member it started from (member_record), not of all three
+    # each keeps the record of the one c6 member it started from (member_record), not of all three
     assert all("member_record" in m["init"] and "members" not in m["init"] for m in meta["init"]["members"])
     (tmp_path / "bad.csv").write_text("path,sequence,piqual\nx.mha,T2W,7\n")
     assert (
@@ -320,18 +320,26 @@ def test_train_quality_defaults_are_the_shipped_augmentations(tmp_path, capsys):
     assert stage["config"]["family_block"] == 4
     assert "family weights bias 2" in data
     shipped = torch.load(MODEL / "quality.pt", weights_only=True)["meta"]
-    # the shipped weights (c6) are the mean of three members, each finetuned on its own four times from
+    # the shipped weights (c7) are the mean of three members, each finetuned on its own five times from
     # e3's member k (c2, then c4, both with clean brain-template volumes, then c5 with the k-space spike
-    # branch added, then c6 with the branch at ten times the learning rate); e3's members are the
-    # defaults at seeds 0, 1 and 2
+    # branch added, then c6 with the branch at ten times the learning rate, then c7 with bias drawn
+    # three times as often and the branch's rate back at 1); e3's members are the defaults at seeds 0,
+    # 1 and 2
     assert shipped["command"].startswith("proqual ensemble-quality ")
     assert len(shipped["members"]) == 3
     for k, member in enumerate(shipped["members"]):
         cmd = member["command"]
         assert cmd.startswith("proqual train-quality --out ") and f"--member {k} " in cmd
-        assert "--kspace-lr-scale 10.0" in cmd and "--family-weight spike=3" in cmd
-        assert member["stages"][0]["config"]["kspace_lr_scale"] == 10
-        c5 = member["init"]
+        assert "--family-weight bias=3" in cmd and "--family-weight spike=3" in cmd
+        assert "--kspace-lr-scale 1.0 " in cmd and member["stages"][0]["config"]["kspace_lr_scale"] == 1
+        c6 = member["init"]
+        assert c6["sha256"].startswith("442be3b91247") and c6["member"] == k
+        # only member k's record is kept (member_record), not its siblings'
+        assert "members" not in c6
+        c6_member = c6["member_record"]
+        assert f"--member {k} " in c6_member["command"] and "--kspace-lr-scale 10.0" in c6_member["command"]
+        assert c6_member["stages"][0]["config"]["kspace_lr_scale"] == 10
+        c5 = c6_member["init"]
         assert c5["sha256"].startswith("c9b53a0324c3") and c5["member"] == k
         # only member k's record is kept (member_record), not its siblings'
         assert "members" not in c5

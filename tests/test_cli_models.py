@@ -327,34 +327,34 @@ def test_train_quality_defaults_are_the_shipped_augmentations(tmp_path, capsys):
     # 1 and 2
     assert shipped["command"].startswith("proqual ensemble-quality ")
     assert len(shipped["members"]) == 3
+    # the chain back to e3, one step per finetune: (sha256 prefix of the start, whether only member
+    # k's record was kept (member_record) rather than every member's, what member k's command of that
+    # start must and must not contain, and its k-space learning-rate scale where it was recorded)
+    chain = [
+        ("442be3b91247", True, ["--kspace-lr-scale 10.0"], [], 10),  # c6
+        ("c9b53a0324c3", True, ["--kspace-peaks 4"], [], None),  # c5
+        ("47da22c6ddcf", False, ["--family-weight spike=3"], ["--kspace-peaks"], None),  # c4
+        ("eed0fad47089", False, ["--clean runs/clean"], [], None),  # c2
+    ]
     for k, member in enumerate(shipped["members"]):
         cmd = member["command"]
         assert cmd.startswith("proqual train-quality --out ") and f"--member {k} " in cmd
         assert "--family-weight bias=3" in cmd and "--family-weight spike=3" in cmd
         assert "--kspace-lr-scale 1.0 " in cmd and member["stages"][0]["config"]["kspace_lr_scale"] == 1
-        c6 = member["init"]
-        assert c6["sha256"].startswith("442be3b91247") and c6["member"] == k
-        # only member k's record is kept (member_record), not its siblings'
-        assert "members" not in c6
-        c6_member = c6["member_record"]
-        assert f"--member {k} " in c6_member["command"] and "--kspace-lr-scale 10.0" in c6_member["command"]
-        assert c6_member["stages"][0]["config"]["kspace_lr_scale"] == 10
-        c5 = c6_member["init"]
-        assert c5["sha256"].startswith("c9b53a0324c3") and c5["member"] == k
-        # only member k's record is kept (member_record), not its siblings'
-        assert "members" not in c5
-        c5_member = c5["member_record"]
-        assert f"--member {k} " in c5_member["command"] and "--kspace-peaks 4" in c5_member["command"]
-        c4 = c5_member["init"]
-        assert c4["sha256"].startswith("47da22c6ddcf") and c4["member"] == k
-        c4_member = c4["members"][k]
-        assert f"--member {k} " in c4_member["command"] and "--family-weight spike=3" in c4_member["command"]
-        assert "--kspace-peaks" not in c4_member["command"]
-        c2 = c4_member["init"]
-        assert c2["sha256"].startswith("eed0fad47089") and c2["member"] == k
-        c2_member = c2["members"][k]
-        assert f"--member {k} " in c2_member["command"] and "--clean runs/clean" in c2_member["command"]
-        e3 = c2_member["init"]
+        record = member
+        for sha, member_record_only, has, lacks, lr_scale in chain:
+            start = record["init"]
+            assert start["sha256"].startswith(sha) and start["member"] == k
+            if member_record_only:  # only member k's record is kept, not its siblings'
+                assert "members" not in start
+                record = start["member_record"]
+            else:
+                record = start["members"][k]
+            assert f"--member {k} " in record["command"]
+            assert all(x in record["command"] for x in has) and not any(x in record["command"] for x in lacks)
+            if lr_scale is not None:
+                assert record["stages"][0]["config"]["kspace_lr_scale"] == lr_scale
+        e3 = record["init"]
         assert e3["sha256"].startswith("8d442025dc59") and e3["member"] == k
         assert e3["command"].startswith("proqual ensemble-quality ")
         commands = [m["command"] for m in e3["members"]]

@@ -162,6 +162,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "new model, the --init model's own otherwise)",
     )
     parser.add_argument(
+        "--slice-levels",
+        action="store_true",
+        help="give the model each slice's overall intensity level against the stack's (shading that varies "
+        "between slices, see proqual.nets.quality_net.slice_level_features); with --init, a model without "
+        "it gets the branch started at zero, so training begins from the same outputs (default: none for a "
+        "new model, the --init model's own otherwise)",
+    )
+    parser.add_argument(
         "--kspace-lr-scale",
         type=float,
         default=1.0,
@@ -269,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
 
     from proqual import artifacts as A
     from proqual.errors import ValidationError
-    from proqual.nets.quality_net import QualityNet, QualityNetConfig, with_kspace_peaks
+    from proqual.nets.quality_net import QualityNet, QualityNetConfig, with_kspace_peaks, with_slice_levels
     from proqual.quality import training as T
     from proqual.quality.clean import clean_volumes
 
@@ -326,12 +334,23 @@ def run(args: argparse.Namespace) -> int:
                 model = with_kspace_peaks(model, args.kspace_peaks)
             except ValueError as exc:
                 raise ValidationError("--kspace-peaks", f"{exc} ({args.init})") from None
+        if args.slice_levels:
+            try:
+                model = with_slice_levels(model)
+            except ValueError as exc:
+                raise ValidationError("--slice-levels", f"{exc} ({args.init})") from None
     else:
         if args.skip_upstream:
             raise ValidationError("--skip-upstream", "needs --init")
         if args.member is not None:
             raise ValidationError("--member", "needs --init (an ensemble)")
-        model = QualityNet(QualityNetConfig(n_params=len(A.PARAM_NAMES), kspace_peaks=args.kspace_peaks or 0))
+        model = QualityNet(
+            QualityNetConfig(
+                n_params=len(A.PARAM_NAMES),
+                kspace_peaks=args.kspace_peaks or 0,
+                slice_levels=args.slice_levels,
+            )
+        )
     try:  # before any simulation: a scale the model cannot use stops the run at once
         T.param_groups(model, T.TrainConfig(kspace_lr_scale=args.kspace_lr_scale))
     except ValidationError as exc:

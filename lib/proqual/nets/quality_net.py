@@ -15,7 +15,10 @@ Input: a stack of S axial slices (B, S, 1, H, W) (see :mod:`proqual.quality.inpu
    prompt dropout so that it is a trained, generic prompt).
    With ``kspace_peaks`` > 0, evidence of k-space spikes (:func:`kspace_peak_features`, from the power
    spectrum averaged over the slices, where a spike hidden by noise in the image stands out) is mapped
-   linearly and added to every slice's features.
+   linearly and added to every slice's features. With ``slice_levels``, each slice's overall intensity
+   level against the stack's (:func:`slice_level_features`) is mapped linearly and added too: the layer
+   norm of the slice features removes most of a slice's overall scale, so shading that varies between
+   slices (a bias field along the slice axis) is otherwise nearly invisible.
 2. A light inter-slice context (two residual 1D convolutions along the slice axis) lets each slice see
    its neighbours (through-plane blur, motion that varies across slices).
 3. Salient-slice assessment: per slice a quality in [0, 1] and a saliency logit; a masked softmax over
@@ -64,6 +67,9 @@ class QualityNetConfig:
     #: k-space peak features (see :func:`kspace_peak_features`): how many of the strongest peaks are fed
     #: to the slice features; 0: none (checkpoints written before the option existed)
     kspace_peaks: int = 0
+    #: between-slice intensity level features (see :func:`slice_level_features`); False for
+    #: checkpoints written before the option existed
+    slice_levels: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -122,6 +128,43 @@ def kspace_peak_features(
     return out
 
 
+#: features per slice of :func:`slice_level_features`
+N_LEVEL_FEATURES = 4
+#: a slice needs this many positive footprint pixels to have a level
+LEVEL_MIN_PIXELS = 16
+
+
+def slice_level_features(x: torch.Tensor, mask: torch.Tensor, footprint: torch.Tensor) -> torch.Tensor:
+    """Evidence of shading between slices: (B, S, H, W) slices (scaled by the stack's robust intensity,
+    :mod:`proqual.quality.inputs`), (B, S) real-slice mask and (B, 1, H, W) footprint -> (B, S, 4).
+
+    A bias field that varies along the slice axis scales whole slices up or down, which the slice
+    features barely keep. A slice's level is the log of the median of its positive footprint pixels (a
+    slice with fewer than :data:`LEVEL_MIN_PIXELS` has no level): a median scales with the slice and, unlike
+    a mean over pixels above a threshold, does not change which pixels it looks at as the slice gets
+    darker. ``d`` is that level minus the median level of the stack. Per slice: ``d`` and ``|d|``; per
+    image, the same on every real slice: the mean absolute change of ``d`` between neighbouring slices
+    that both have a level, and the standard deviation of ``d``. All in units of 0.25 (natural log),
+    ``d`` clipped to [-8, 8]. Slices without a level get zeros for the first two, padded slices for all
+    four."""
+    x = x.float()
+    real = mask.bool()
+    inside = (x > 0) & (footprint > 0) & real[:, :, None, None]
+    has = inside.sum((-2, -1)) >= LEVEL_MIN_PIXELS
+    values = torch.where(inside, x, torch.full_like(x, float("nan"))).flatten(2)
+    level = torch.log(torch.nanmedian(values, dim=2).values.clamp_min(1e-12))
+    level = torch.where(has, level, torch.full_like(level, float("nan")))
+    median = torch.nanmedian(level, dim=1, keepdim=True).values
+    d = torch.where(has, (level - median) * 4, torch.zeros_like(level)).nan_to_num(0.0).clamp(-8, 8)
+    n = has.sum(1, keepdim=True).clamp_min(1)
+    mean = d.sum(1, keepdim=True) / n
+    std = ((((d - mean) * has) ** 2).sum(1, keepdim=True) / n).sqrt()
+    pair = has[:, 1:] & has[:, :-1]
+    step = ((d[:, 1:] - d[:, :-1]).abs() * pair).sum(1, keepdim=True) / pair.sum(1, keepdim=True).clamp_min(1)
+    per_image = torch.cat([step, std], 1)[:, None].expand(-1, x.shape[1], -1)
+    return torch.cat([torch.stack([d, d.abs()], -1), per_image], -1) * real[:, :, None]
+
+
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
@@ -148,6 +191,11 @@ class QualityNet(nn.Module):
         if self.kspace is not None:
             nn.init.zeros_(self.kspace.weight)
             nn.init.zeros_(self.kspace.bias)
+        # between-slice level features, also added at zero (:func:`with_slice_levels`)
+        self.levels = nn.Linear(N_LEVEL_FEATURES, e) if cfg.slice_levels else None
+        if self.levels is not None:
+            nn.init.zeros_(self.levels.weight)
+            nn.init.zeros_(self.levels.bias)
         self.slice_quality = nn.Linear(e, 1)
         self.slice_saliency = nn.Linear(e, 1)
         self.piqual_head = nn.Sequential(
@@ -237,17 +285,21 @@ class QualityNet(nn.Module):
         prompt = self.sequence_embedding(sequence) + self.anatomy_embedding(anatomy)  # (B, P)
 
         fp = None
-        if self.config.masked_pool or self.kspace is not None:
+        if self.config.masked_pool or self.kspace is not None or self.levels is not None:
             fp = self.footprint(x, mask) if footprint is None else footprint.to(x.dtype)
-        peaks = None
+        peaks = levels = None
         if self.kspace is not None:
             peaks = kspace_peak_features(x[:, :, 0], mask, fp, self.config.kspace_peaks)
+        if self.levels is not None:
+            levels = slice_level_features(x[:, :, 0], mask, fp)
         fp = fp.repeat_interleave(s, dim=0) if self.config.masked_pool else None  # (B * S, 1, H, W)
         if self.config.neighbours:
             x = self.with_neighbours(x, mask)
         h = self.norm(self.encode_slices(x.reshape(b * s, *x.shape[2:]), fp).reshape(b, s, -1))
         if peaks is not None:
             h = h + self.kspace(peaks.to(h.dtype))[:, None]
+        if levels is not None:
+            h = h + self.levels(levels.to(h.dtype))
         gamma, beta = self.film(prompt).chunk(2, dim=-1)
         h = h * (1 + gamma[:, None]) + beta[:, None]
         m = mask[:, :, None].to(h.dtype)
@@ -272,6 +324,27 @@ class QualityNet(nn.Module):
         }
 
 
+def _grown(model: nn.Module, new_keys: set[str], **change) -> nn.Module:
+    """``model`` (a :class:`QualityNet` or a :class:`QualityEnsemble`, whose members all get it) rebuilt
+    with its config changed by ``change``, every trained weight kept and only the parameters ``new_keys``
+    new (a branch that starts at zero, so the outputs do not change until it is trained)."""
+    if isinstance(model, QualityEnsemble):
+        members = [_grown(m, new_keys, **change) for m in model.members]
+        model.members = nn.ModuleList(members)
+        model.config = replace(model.config, members=[m.config for m in members])
+        return model
+    new = QualityNet(replace(model.config, **change)).to(next(model.parameters()).device)
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or set(missing) != new_keys:
+        raise RuntimeError(f"adding {sorted(new_keys)}: missing {missing}, unexpected {unexpected}")
+    new.train(model.training)
+    return new
+
+
+def _members(model: nn.Module) -> list[nn.Module]:
+    return list(model.members) if isinstance(model, QualityEnsemble) else [model]
+
+
 def with_kspace_peaks(model: nn.Module, k: int) -> nn.Module:
     """``model`` (a :class:`QualityNet` or a :class:`QualityEnsemble`, whose members all get it) with a
     k-space peak branch of ``k`` peaks (:func:`kspace_peak_features`), started at zero so that the outputs
@@ -279,22 +352,23 @@ def with_kspace_peaks(model: nn.Module, k: int) -> nn.Module:
     branch of another size is a ``ValueError``."""
     if k < 1:
         raise ValueError(f"k-space peaks must be >= 1, got {k}")
-    if isinstance(model, QualityEnsemble):
-        members = [with_kspace_peaks(m, k) for m in model.members]
-        model.members = nn.ModuleList(members)
-        model.config = replace(model.config, members=[m.config for m in members])
+    have = {m.config.kspace_peaks for m in _members(model)}
+    if have == {k}:
         return model
-    have = model.config.kspace_peaks
-    if have == k:
+    if have - {0}:
+        raise ValueError(f"the model already has a k-space peak branch of {max(have)} peaks, not {k}")
+    return _grown(model, {"kspace.weight", "kspace.bias"}, kspace_peaks=k)
+
+
+def with_slice_levels(model: nn.Module) -> nn.Module:
+    """``model`` (a :class:`QualityNet` or a :class:`QualityEnsemble`, whose members all get it) with the
+    between-slice level branch (:func:`slice_level_features`), started at zero so that the outputs do
+    not change until it is trained; the model itself when it already has it."""
+    if all(m.config.slice_levels for m in _members(model)):
         return model
-    if have:
-        raise ValueError(f"the model already has a k-space peak branch of {have} peaks, not {k}")
-    new = QualityNet(replace(model.config, kspace_peaks=k)).to(next(model.parameters()).device)
-    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
-    if unexpected or set(missing) != {"kspace.weight", "kspace.bias"}:
-        raise RuntimeError(f"adding the k-space branch: missing {missing}, unexpected {unexpected}")
-    new.train(model.training)
-    return new
+    if any(m.config.slice_levels for m in _members(model)):
+        raise ValueError("only some members of the ensemble have the slice-level branch")
+    return _grown(model, {"levels.weight", "levels.bias"}, slice_levels=True)
 
 
 #: the in-plane mirror images a :class:`QualityEnsemble` with ``flips`` scores: the tensor dims flipped

@@ -208,6 +208,13 @@ def test_downstream_finetuning_on_expert_ratings(tmp_path, capsys):
     assert branch.meta["stages"][0]["config"]["kspace_lr_scale"] == 10
     assert branch.kspace.weight.abs().sum() > 0
     capsys.readouterr()
+    # --slice-levels: the member gets the between-slice level branch, started at zero and trained
+    levelled = tmp_path / "q_levels.pt"
+    assert main([*args[:-1], str(levelled), "--member", "0", "--slice-levels"]) == 0
+    lv = load_quality_model(levelled)
+    assert lv.config.slice_levels and "--slice-levels" in lv.meta["command"]
+    assert lv.levels.weight.abs().sum() > 0
+    capsys.readouterr()
     single = tmp_path / "single.pt"
     save_quality_checkpoint(QualityNet(QualityNetConfig()), single, meta={})
     for extra, message in (

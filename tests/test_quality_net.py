@@ -306,3 +306,97 @@ def test_a_checkpoint_with_the_kspace_branch_loads_with_it(tmp_path):
     assert back.config.kspace_peaks == 3
     x = torch.rand(1, 4, 1, 64, 64)
     torch.testing.assert_close(back(x)["score"], net(x)["score"])
+
+
+def _levelled_stack(n: int = 8, size: int = 32, shading: float = 0.0) -> torch.Tensor:
+    """(n, size, size) positive slices whose overall level follows exp(shading * u), u from -1 to 1."""
+    g = torch.Generator().manual_seed(1)
+    base = 0.5 + 0.1 * torch.rand((n, size, size), generator=g)
+    u = torch.linspace(-1, 1, n)
+    return base * torch.exp(shading * u)[:, None, None]
+
+
+def test_slice_level_features_measure_shading_between_slices():
+    from proqual.nets.quality_net import N_LEVEL_FEATURES, slice_level_features
+
+    mask = torch.ones(1, 8, dtype=torch.bool)
+    fp = torch.ones(1, 1, 32, 32)
+    flat = slice_level_features(_levelled_stack()[None], mask, fp)
+    shaded = slice_level_features(_levelled_stack(shading=0.3)[None], mask, fp)
+    assert flat.shape == shaded.shape == (1, 8, N_LEVEL_FEATURES)
+    assert flat.abs().max() < 0.1  # same level everywhere (up to the pixels' jitter)
+    # d runs from -0.3 to 0.3 in log (x4 in the feature's units) and is the same on every slice's
+    # per-image columns; the median slice level is the reference
+    d = shaded[0, :, 0]
+    assert d[0] < -1.0 and d[-1] > 1.0 and (d.diff() > 0).all()
+    torch.testing.assert_close(shaded[0, :, 1], d.abs())
+    expected_step = 4 * 0.6 / 7
+    assert abs(float(shaded[0, 0, 2]) - expected_step) < 0.05
+    assert (shaded[0, :, 2:] == shaded[0, :1, 2:]).all() and shaded[0, 0, 3] > 0.5
+    # a uniform scale of the whole stack changes nothing (levels are relative to the stack's median)
+    torch.testing.assert_close(slice_level_features(3 * _levelled_stack(shading=0.3)[None], mask, fp), shaded)
+
+
+def test_slice_level_features_ignore_padding_and_empty_slices():
+    from proqual.nets.quality_net import slice_level_features
+
+    stack = _levelled_stack(shading=0.3)
+    own = slice_level_features(stack[None], torch.ones(1, 8, dtype=torch.bool), torch.ones(1, 1, 32, 32))
+    # the same slices on a larger canvas with two padded slices: the footprint limits the pixels
+    canvas = torch.zeros(1, 10, 64, 64)
+    canvas[0, :8, 16:48, 16:48] = stack
+    canvas[0, 8:, 16:48, 16:48] = 5.0  # padded slices hold junk: they must not count
+    mask = torch.zeros(1, 10, dtype=torch.bool)
+    mask[0, :8] = True
+    fp = torch.zeros(1, 1, 64, 64)
+    fp[..., 16:48, 16:48] = 1
+    got = slice_level_features(canvas, mask, fp)
+    torch.testing.assert_close(got[:, :8], own)
+    assert (got[:, 8:] == 0).all()
+    # an empty (all-zero) slice has no level and leaves the others' reference alone
+    holed = stack.clone()
+    holed[3] = 0
+    feats = slice_level_features(holed[None], torch.ones(1, 8, dtype=torch.bool), torch.ones(1, 1, 32, 32))
+    assert (feats[0, 3, :2] == 0).all() and feats[0, 3, 2:].abs().sum() > 0
+    assert torch.isfinite(feats).all()
+    # no real slice at all: zeros, not NaN
+    none = slice_level_features(stack[None], torch.zeros(1, 8, dtype=torch.bool), torch.ones(1, 1, 32, 32))
+    assert (none == 0).all()
+
+
+def test_adding_the_slice_level_branch_leaves_the_outputs_unchanged_until_trained(tmp_path):
+    from proqual.nets.quality_net import QualityEnsemble, QualityEnsembleConfig, with_slice_levels
+    from proqual.quality.scoring import load_quality_model
+    from proqual.quality.training import save_quality_checkpoint
+
+    net = _net(kspace_peaks=2).eval()
+    x = torch.rand(2, 5, 1, 64, 64)
+    seq = torch.tensor([0, 2])
+    before = net(x, sequence=seq)
+    grown = with_slice_levels(net).eval()
+    assert grown.config.slice_levels and grown.config.kspace_peaks == 2
+    after = grown(x, sequence=seq)
+    for key in ("score", "params", "piqual_logits", "saliency"):
+        torch.testing.assert_close(after[key], before[key])
+    assert with_slice_levels(grown) is grown
+    grown.train()
+    grown(x, sequence=seq)["score"].sum().backward()
+    assert grown.levels.weight.grad.abs().sum() > 0
+    # trained weights survive a checkpoint round trip; old configs load without the branch
+    with torch.no_grad():
+        grown.levels.weight.normal_()
+    grown.eval()
+    save_quality_checkpoint(grown, tmp_path / "l.pt", meta={})
+    back = load_quality_model(tmp_path / "l.pt").eval()
+    assert back.config.slice_levels
+    torch.testing.assert_close(back(x)["score"], grown(x)["score"])
+    assert not QualityNetConfig.from_dict({"n_params": 5}).slice_levels
+    # an ensemble: every member gets it; a half-grown ensemble is refused
+    ens = QualityEnsemble(QualityEnsembleConfig([_net().config, _net().config])).eval()
+    ref = ens(x, sequence=seq)["score"]
+    ens = with_slice_levels(ens)
+    assert [m.slice_levels for m in ens.config.members] == [True, True]
+    torch.testing.assert_close(ens(x, sequence=seq)["score"], ref)
+    mixed = QualityEnsemble(QualityEnsembleConfig([_net().config, _net(slice_levels=True).config]))
+    with pytest.raises(ValueError, match="only some members"):
+        with_slice_levels(mixed)

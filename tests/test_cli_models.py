@@ -210,9 +210,12 @@ def test_downstream_finetuning_on_expert_ratings(tmp_path, capsys):
     capsys.readouterr()
     # --slice-levels: the member gets the between-slice level branch, started at zero and trained
     levelled = tmp_path / "q_levels.pt"
-    assert main([*args[:-1], str(levelled), "--member", "0", "--slice-levels"]) == 0
+    assert (
+        main([*args[:-1], str(levelled), "--member", "0", "--slice-levels", "--levels-lr-scale", "20"]) == 0
+    )
     lv = load_quality_model(levelled)
     assert lv.config.slice_levels and "--slice-levels" in lv.meta["command"]
+    assert lv.meta["stages"][0]["config"]["levels_lr_scale"] == 20
     assert lv.levels.weight.abs().sum() > 0
     capsys.readouterr()
     single = tmp_path / "single.pt"
@@ -227,6 +230,10 @@ def test_downstream_finetuning_on_expert_ratings(tmp_path, capsys):
             "already has a k-space peak branch of 4 peaks, not 2",
         ),
         (["--kspace-lr-scale", "0"], "--kspace-lr-scale: must be a positive number, got 0"),
+        (
+            ["--init", str(grown), "--levels-lr-scale", "20"],
+            "--levels-lr-scale: 20 needs a model with the slice-level branch",
+        ),
         (
             ["--init", str(single), "--kspace-lr-scale", "10"],
             "--kspace-lr-scale: 10 needs a model with the k-space spike branch",

@@ -287,3 +287,24 @@ def test_kspace_lr_scale_gives_the_branch_its_own_learning_rate():
     plain = QualityNet(QualityNetConfig(**small))
     with pytest.raises(ValidationError, match="needs a model with the k-space spike branch"):
         T.param_groups(plain, T.TrainConfig(kspace_lr_scale=10))
+
+
+def test_levels_lr_scale_gives_the_slice_level_branch_its_own_learning_rate():
+    small = dict(n_params=len(T.A.PARAM_NAMES), widths=(8, 8, 16, 16, 16))
+    net = QualityNet(QualityNetConfig(**small, kspace_peaks=2, slice_levels=True))
+    groups, max_lr = T.param_groups(net, T.TrainConfig(lr=1e-3, levels_lr_scale=20))
+    assert max_lr == pytest.approx([1e-3, 2e-2])
+    assert {id(p) for p in groups[1]["params"]} == {id(net.levels.weight), id(net.levels.bias)}
+    # both branches scaled: three groups, every parameter in exactly one
+    groups, max_lr = T.param_groups(net, T.TrainConfig(lr=1e-3, kspace_lr_scale=10, levels_lr_scale=20))
+    assert max_lr == pytest.approx([1e-3, 1e-2, 2e-2])
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in net.parameters())
+    assert {id(p) for p in groups[1]["params"]} == {id(net.kspace.weight), id(net.kspace.bias)}
+    with pytest.raises(ValidationError, match="levels_lr_scale: must be a positive number"):
+        T.param_groups(net, T.TrainConfig(levels_lr_scale=0.0))
+    no_levels = QualityNet(QualityNetConfig(**small, kspace_peaks=2))
+    with pytest.raises(
+        ValidationError, match="levels_lr_scale: 20 needs a model with the slice-level branch"
+    ):
+        T.param_groups(no_levels, T.TrainConfig(levels_lr_scale=20))

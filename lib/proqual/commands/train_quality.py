@@ -179,6 +179,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "faster than the layers that are only finetuned; needs a model with the branch",
     )
     parser.add_argument(
+        "--levels-lr-scale",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="train the slice-level branch (--slice-levels) at F times the learning rate of the rest of the "
+        "model (both stages; F > 0, default 1); needs a model with the branch",
+    )
+    parser.add_argument(
         "--ratings",
         type=Path,
         help="CSV with columns path,sequence,piqual (expert PI-QUAL v2 1..3) for downstream finetuning",
@@ -352,9 +360,11 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     try:  # before any simulation: a scale the model cannot use stops the run at once
-        T.param_groups(model, T.TrainConfig(kspace_lr_scale=args.kspace_lr_scale))
+        T.param_groups(
+            model, T.TrainConfig(kspace_lr_scale=args.kspace_lr_scale, levels_lr_scale=args.levels_lr_scale)
+        )
     except ValidationError as exc:
-        raise ValidationError("--kspace-lr-scale", exc.problem) from None
+        raise ValidationError("--" + exc.field.replace("_", "-"), exc.problem) from None
 
     bar = _bar
 
@@ -394,6 +404,7 @@ def run(args: argparse.Namespace) -> int:
             family_block=args.family_block,
             flip=args.flip,
             kspace_lr_scale=args.kspace_lr_scale,
+            levels_lr_scale=args.levels_lr_scale,
         )
         hist = T.train(model, train, cfg=cfg, val_samples=val, progress=epoch_line)
         meta["stages"].append(
@@ -449,6 +460,7 @@ def run(args: argparse.Namespace) -> int:
             w_params=0.0,
             w_saliency=0.0,
             kspace_lr_scale=args.kspace_lr_scale,
+            levels_lr_scale=args.levels_lr_scale,
         )
         hist = T.train(model, rated, cfg=cfg, progress=epoch_line)
         meta["stages"].append(

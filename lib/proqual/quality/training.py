@@ -389,6 +389,8 @@ class TrainConfig:
     #: than the layers that are only finetuned; 1 (one rate for all) for every shipped model but c6 (for
     #: which an ablation at 1 gave the same spike figures: model card)
     kspace_lr_scale: float = 1.0
+    #: the same for the between-slice level branch (``levels``, :func:`proqual.nets.quality_net.slice_level_features`)
+    levels_lr_scale: float = 1.0
     extra: dict = field(default_factory=dict)
 
 
@@ -506,24 +508,35 @@ def rank_loss(
     return F.softplus(-diff_p / temperature).mean()
 
 
+#: the branches that can have a learning rate of their own: module name -> (TrainConfig field, what the
+#: model needs to have the branch)
+BRANCH_LR = {
+    "kspace": ("kspace_lr_scale", "the k-space spike branch (kspace_peaks > 0)"),
+    "levels": ("levels_lr_scale", "the slice-level branch (slice_levels)"),
+}
+
+
 def param_groups(model, cfg: TrainConfig) -> tuple[list[dict], list[float]]:
-    """The optimizer's parameter groups and their peak learning rates: one group at ``cfg.lr``, or, with
-    ``cfg.kspace_lr_scale`` other than 1, the k-space branch's parameters (any module named ``kspace``,
-    in one model or in every member of an ensemble) at ``cfg.lr * cfg.kspace_lr_scale`` and the rest at
-    ``cfg.lr``. A scale for a model without the branch is a :class:`ValidationError`."""
-    scale = cfg.kspace_lr_scale
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValidationError("kspace_lr_scale", f"must be a positive number, got {scale}")
+    """The optimizer's parameter groups and their peak learning rates: one group at ``cfg.lr``, and for
+    every branch of :data:`BRANCH_LR` whose scale is not 1 a group of its parameters (any module of that
+    name, in one model or in every member of an ensemble) at ``cfg.lr`` times the scale. A scale for a
+    model without the branch is a :class:`ValidationError` naming the field."""
     params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    if scale == 1:
-        return [{"params": [p for _, p in params]}], [cfg.lr]
-    branch = [p for name, p in params if "kspace" in name.split(".")]
-    if not branch:
-        raise ValidationError(
-            "kspace_lr_scale", f"{scale:g} needs a model with the k-space spike branch (kspace_peaks > 0)"
-        )
-    rest = [p for name, p in params if "kspace" not in name.split(".")]
-    return [{"params": rest}, {"params": branch}], [cfg.lr, cfg.lr * scale]
+    groups, rates, taken = [], [], set()
+    for module, (field_name, needs) in BRANCH_LR.items():
+        scale = getattr(cfg, field_name)
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValidationError(field_name, f"must be a positive number, got {scale}")
+        if scale == 1:
+            continue
+        branch = [name for name, _ in params if module in name.split(".")]
+        if not branch:
+            raise ValidationError(field_name, f"{scale:g} needs a model with {needs}")
+        groups.append({"params": [p for name, p in params if name in branch]})
+        rates.append(cfg.lr * scale)
+        taken.update(branch)
+    rest = {"params": [p for name, p in params if name not in taken]}
+    return [rest, *groups], [cfg.lr, *rates]
 
 
 def train(

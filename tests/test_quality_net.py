@@ -292,6 +292,11 @@ def test_adding_the_kspace_branch_leaves_the_outputs_unchanged_until_trained():
     ens = with_kspace_peaks(ens, 2)
     assert [m.kspace_peaks for m in ens.config.members] == [2, 2]
     torch.testing.assert_close(ens(x, sequence=seq)["score"], ref)
+    # a member with a branch of another size is refused, whatever the others have
+    mixed = QualityEnsemble(QualityEnsembleConfig([_net().config, _net(kspace_peaks=3).config]))
+    with pytest.raises(ValueError, match="already has a k-space peak branch of 3 peaks, not 2"):
+        with_kspace_peaks(mixed, 2)
+    assert [m.kspace_peaks for m in with_kspace_peaks(mixed, 3).config.members] == [3, 3]
 
 
 def test_a_checkpoint_with_the_kspace_branch_loads_with_it(tmp_path):
@@ -391,12 +396,17 @@ def test_adding_the_slice_level_branch_leaves_the_outputs_unchanged_until_traine
     assert back.config.slice_levels
     torch.testing.assert_close(back(x)["score"], grown(x)["score"])
     assert not QualityNetConfig.from_dict({"n_params": 5}).slice_levels
-    # an ensemble: every member gets it; a half-grown ensemble is refused
+    # an ensemble: every member gets it; a member that has it already keeps its trained branch
     ens = QualityEnsemble(QualityEnsembleConfig([_net().config, _net().config])).eval()
     ref = ens(x, sequence=seq)["score"]
     ens = with_slice_levels(ens)
     assert [m.slice_levels for m in ens.config.members] == [True, True]
     torch.testing.assert_close(ens(x, sequence=seq)["score"], ref)
-    mixed = QualityEnsemble(QualityEnsembleConfig([_net().config, _net(slice_levels=True).config]))
-    with pytest.raises(ValueError, match="only some members"):
-        with_slice_levels(mixed)
+    mixed = QualityEnsemble(QualityEnsembleConfig([_net().config, _net(slice_levels=True).config])).eval()
+    with torch.no_grad():
+        mixed.members[1].levels.weight.normal_()
+    trained = mixed.members[1]
+    ref = mixed(x, sequence=seq)["score"]
+    mixed = with_slice_levels(mixed)
+    assert mixed.members[1] is trained and [m.slice_levels for m in mixed.config.members] == [True, True]
+    torch.testing.assert_close(mixed(x, sequence=seq)["score"], ref)

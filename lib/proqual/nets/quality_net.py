@@ -327,11 +327,14 @@ class QualityNet(nn.Module):
 def _grown(model: nn.Module, new_keys: set[str], **change) -> nn.Module:
     """``model`` (a :class:`QualityNet` or a :class:`QualityEnsemble`, whose members all get it) rebuilt
     with its config changed by ``change``, every trained weight kept and only the parameters ``new_keys``
-    new (a branch that starts at zero, so the outputs do not change until it is trained)."""
+    new (a branch that starts at zero, so the outputs do not change until it is trained); a network whose
+    config already has ``change`` is kept as it is."""
     if isinstance(model, QualityEnsemble):
         members = [_grown(m, new_keys, **change) for m in model.members]
         model.members = nn.ModuleList(members)
         model.config = replace(model.config, members=[m.config for m in members])
+        return model
+    if all(getattr(model.config, k) == v for k, v in change.items()):
         return model
     new = QualityNet(replace(model.config, **change)).to(next(model.parameters()).device)
     missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
@@ -341,10 +344,6 @@ def _grown(model: nn.Module, new_keys: set[str], **change) -> nn.Module:
     return new
 
 
-def _members(model: nn.Module) -> list[nn.Module]:
-    return list(model.members) if isinstance(model, QualityEnsemble) else [model]
-
-
 def with_kspace_peaks(model: nn.Module, k: int) -> nn.Module:
     """``model`` (a :class:`QualityNet` or a :class:`QualityEnsemble`, whose members all get it) with a
     k-space peak branch of ``k`` peaks (:func:`kspace_peak_features`), started at zero so that the outputs
@@ -352,22 +351,17 @@ def with_kspace_peaks(model: nn.Module, k: int) -> nn.Module:
     branch of another size is a ``ValueError``."""
     if k < 1:
         raise ValueError(f"k-space peaks must be >= 1, got {k}")
-    have = {m.config.kspace_peaks for m in _members(model)}
-    if have == {k}:
-        return model
-    if have - {0}:
-        raise ValueError(f"the model already has a k-space peak branch of {max(have)} peaks, not {k}")
+    members = model.members if isinstance(model, QualityEnsemble) else [model]
+    other = {m.config.kspace_peaks for m in members} - {0, k}
+    if other:
+        raise ValueError(f"the model already has a k-space peak branch of {max(other)} peaks, not {k}")
     return _grown(model, {"kspace.weight", "kspace.bias"}, kspace_peaks=k)
 
 
 def with_slice_levels(model: nn.Module) -> nn.Module:
     """``model`` (a :class:`QualityNet` or a :class:`QualityEnsemble`, whose members all get it) with the
     between-slice level branch (:func:`slice_level_features`), started at zero so that the outputs do
-    not change until it is trained; the model itself when it already has it."""
-    if all(m.config.slice_levels for m in _members(model)):
-        return model
-    if any(m.config.slice_levels for m in _members(model)):
-        raise ValueError("only some members of the ensemble have the slice-level branch")
+    not change until it is trained; a network that already has it is kept as it is."""
     return _grown(model, {"levels.weight", "levels.bias"}, slice_levels=True)
 
 

@@ -529,7 +529,7 @@ def param_groups(model, cfg: TrainConfig) -> tuple[list[dict], list[float]]:
             raise ValidationError(field_name, f"must be a positive number, got {scale}")
         if scale == 1:
             continue
-        branch = [name for name, _ in params if module in name.split(".")]
+        branch = {name for name, _ in params if module in name.split(".")}
         if not branch:
             raise ValidationError(field_name, f"{scale:g} needs a model with {needs}")
         groups.append({"params": [p for name, p in params if name in branch]})
